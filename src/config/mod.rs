@@ -1,0 +1,482 @@
+//! Configuration: a TOML file, overridden by `AGENT_ACCESS_PROXY__SECTION__KEY` environment
+//! variables, validated as a whole before any port is bound.
+
+mod file;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::Uri;
+
+pub use file::{
+    ExtraRouteConfig, FileConfig, KeyConfig, ListenConfig, LogConfig, LogFormat, PolicyConfig,
+    UpstreamConfig, DEFAULT_LISTEN_ADDRESS, DEFAULT_MAX_BODY_BYTES, DEFAULT_SECRET_FILE,
+};
+
+use crate::policy::{check_path, Policy, Route, RouteTable, Scope, BUILT_IN_SCOPES};
+use crate::secret::{Secret, SigningKey};
+use crate::signing::SignatureEncoding;
+
+/// Prefix of environment variables that override configuration keys, as in
+/// `AGENT_ACCESS_PROXY__UPSTREAM__URL`.
+pub const ENV_PREFIX: &str = "AGENT_ACCESS_PROXY";
+
+/// The validated configuration the proxy runs with.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: ListenAddress,
+    pub upstream: UpstreamSettings,
+    pub key: SigningKey,
+    pub key_source: SecretSource,
+    pub signature_encoding: SignatureEncoding,
+    pub policy: Policy,
+    pub max_body_bytes: usize,
+    pub log: LogConfig,
+    /// Notes about accepted but discouraged input, logged once at start-up.
+    pub warnings: Vec<String>,
+    /// The file-level view, for `check-config`. It holds no secret.
+    pub effective: FileConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddress {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddress::Tcp(address) => write!(f, "{address}"),
+            ListenAddress::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Where the upstream API lives.
+#[derive(Clone, Debug)]
+pub struct UpstreamSettings {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Path prefix of the base URL without a trailing `/`, or empty.
+    pub path_prefix: String,
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+}
+
+/// Where the secret is read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    File(PathBuf),
+    Env(String),
+}
+
+impl SecretSource {
+    pub fn load(&self) -> Result<Secret, crate::secret::SecretError> {
+        match self {
+            SecretSource::File(path) => Secret::from_file(path),
+            SecretSource::Env(name) => Secret::from_env(name),
+        }
+    }
+}
+
+/// A configuration that cannot be used. Each problem names the key, the value and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load the configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// One invalid key.
+#[derive(Debug)]
+pub struct Problem {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Reads `path` (when given) and the environment overrides into the file schema.
+pub fn load_file(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
+    load_file_with_env(path, None)
+}
+
+/// Like [`load_file`], with the environment replaced by `environment` when given, so that
+/// tests need not change the process environment.
+pub fn load_file_with_env(
+    path: Option<&Path>,
+    environment: Option<std::collections::HashMap<String, String>>,
+) -> Result<FileConfig, ConfigError> {
+    let mut builder = config::Config::builder();
+    if let Some(path) = path {
+        builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+    }
+    let environment = config::Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator("__")
+        .separator("__")
+        .list_separator(",")
+        .with_list_parse_key("policy.scopes")
+        .try_parsing(true)
+        .source(environment);
+
+    let merged = builder.add_source(environment).build()?;
+    Ok(merged.try_deserialize()?)
+}
+
+/// Loads and validates the configuration.
+pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+    validate(load_file(path)?)
+}
+
+/// Checks every key and collects all problems, so one run shows every mistake.
+pub fn validate(file: FileConfig) -> Result<Settings, ConfigError> {
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+
+    let listen = collect(&mut problems, validate_listen(&file.listen));
+    let upstream = collect(&mut problems, validate_upstream(&file.upstream));
+    let key = collect(&mut problems, validate_key(&file.key));
+    let policy = collect(&mut problems, validate_policy(&file.policy, &mut warnings));
+    let max_body_bytes = collect(&mut problems, validate_max_body(file.policy.max_body_bytes));
+    if let Err(problem) = validate_log(&file.log) {
+        problems.push(problem);
+    }
+
+    match (listen, upstream, key, policy, max_body_bytes) {
+        (
+            Some(listen),
+            Some(upstream),
+            Some((key, key_source)),
+            Some(policy),
+            Some(max_body_bytes),
+        ) if problems.is_empty() => Ok(Settings {
+            listen,
+            upstream,
+            key,
+            key_source,
+            signature_encoding: file.key.signature_encoding,
+            policy,
+            max_body_bytes,
+            log: file.log.clone(),
+            warnings,
+            effective: file,
+        }),
+        _ => Err(ConfigError::Invalid(problems)),
+    }
+}
+
+fn collect<T>(problems: &mut Vec<Problem>, result: Result<T, Vec<Problem>>) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(mut found) => {
+            problems.append(&mut found);
+            None
+        }
+    }
+}
+
+fn problem(key: &'static str, message: impl Into<String>) -> Vec<Problem> {
+    vec![Problem {
+        key,
+        message: message.into(),
+    }]
+}
+
+fn validate_listen(listen: &ListenConfig) -> Result<ListenAddress, Vec<Problem>> {
+    match (&listen.address, &listen.unix_socket) {
+        (Some(_), Some(_)) => Err(problem(
+            "listen",
+            "both listen.address and listen.unix_socket are set; keep one of them",
+        )),
+        (None, Some(path)) if path.as_os_str().is_empty() => Err(problem(
+            "listen.unix_socket",
+            "the path is empty; give a socket path such as /run/agent-access-proxy/proxy.sock",
+        )),
+        (None, Some(path)) => Ok(ListenAddress::Unix(path.clone())),
+        (address, None) => {
+            let address = address.as_deref().unwrap_or(DEFAULT_LISTEN_ADDRESS);
+            address.parse().map(ListenAddress::Tcp).map_err(|_| {
+                problem(
+                    "listen.address",
+                    format!("'{address}' is not an IP address with a port; write it as 127.0.0.1:8080 or [::1]:8080"),
+                )
+            })
+        }
+    }
+}
+
+fn validate_upstream(upstream: &UpstreamConfig) -> Result<UpstreamSettings, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let base = parse_base_url(&upstream.url).map_err(|message| problem("upstream.url", message));
+    let connect_timeout = parse_timeout(upstream.connect_timeout_seconds)
+        .map_err(|message| problem("upstream.connect_timeout_seconds", message));
+    let response_timeout = parse_timeout(upstream.response_timeout_seconds)
+        .map_err(|message| problem("upstream.response_timeout_seconds", message));
+    if let Some(path) = &upstream.ca_file {
+        if let Err(error) = std::fs::metadata(path) {
+            problems.extend(problem(
+                "upstream.ca_file",
+                format!(
+                    "cannot read '{}': {error}; point it at a PEM file of CA certificates",
+                    path.display()
+                ),
+            ));
+        }
+    }
+
+    let base = collect(&mut problems, base);
+    let connect_timeout = collect(&mut problems, connect_timeout);
+    let response_timeout = collect(&mut problems, response_timeout);
+    match (base, connect_timeout, response_timeout) {
+        (Some((scheme, authority, path_prefix)), Some(connect_timeout), Some(response_timeout))
+            if problems.is_empty() =>
+        {
+            Ok(UpstreamSettings {
+                scheme,
+                authority,
+                path_prefix,
+                ca_file: upstream.ca_file.clone(),
+                connect_timeout,
+                response_timeout,
+            })
+        }
+        _ => Err(problems),
+    }
+}
+
+/// Splits a base URL into scheme, authority and path prefix.
+pub fn parse_base_url(url: &str) -> Result<(Scheme, Authority, String), String> {
+    let fix =
+        "write it as http(s)://host[:port][/prefix], such as https://api.example.com/gateway/eu";
+    let uri: Uri = url
+        .parse()
+        .map_err(|error| format!("'{url}' is not a valid URL ({error}); {fix}"))?;
+
+    let scheme = match uri.scheme() {
+        Some(scheme) if *scheme == Scheme::HTTP || *scheme == Scheme::HTTPS => scheme.clone(),
+        _ => return Err(format!("'{url}' must use http or https; {fix}")),
+    };
+    let authority = match uri.authority() {
+        Some(authority) if !authority.as_str().contains('@') && !authority.host().is_empty() => {
+            authority.clone()
+        }
+        Some(_) => return Err(format!("'{url}' must not contain user information; {fix}")),
+        None => return Err(format!("'{url}' has no host; {fix}")),
+    };
+    if uri.query().is_some() || url.contains('#') {
+        return Err(format!("'{url}' must not have a query or fragment; {fix}"));
+    }
+
+    let prefix = uri.path().trim_end_matches('/').to_owned();
+    if !prefix.is_empty() {
+        check_path(&prefix)
+            .map_err(|error| format!("the path prefix of '{url}' is invalid: {error}"))?;
+    }
+    Ok((scheme, authority, prefix))
+}
+
+fn parse_timeout(seconds: f64) -> Result<Duration, String> {
+    if seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0 {
+        Ok(Duration::from_secs_f64(seconds))
+    } else {
+        Err(format!(
+            "{seconds} is not a usable timeout; give a number of seconds above 0 and at most 86400"
+        ))
+    }
+}
+
+fn validate_key(key: &KeyConfig) -> Result<(SigningKey, SecretSource), Vec<Problem>> {
+    let mut problems = Vec::new();
+    if key.secret.is_some() {
+        problems.extend(problem(
+            "key.secret",
+            "a secret is never read from the configuration; put it in a file (key.secret_file) or an environment variable (key.secret_env)",
+        ));
+    }
+    if let Err(message) = validate_key_id(&key.id) {
+        problems.extend(problem("key.id", message));
+    }
+
+    let source = match (&key.secret_file, &key.secret_env) {
+        (Some(_), Some(_)) => {
+            problems.extend(problem(
+                "key",
+                "both key.secret_file and key.secret_env are set; keep one of them",
+            ));
+            return Err(problems);
+        }
+        (_, Some(name)) => SecretSource::Env(name.clone()),
+        (Some(path), None) => SecretSource::File(path.clone()),
+        (None, None) => SecretSource::File(PathBuf::from(DEFAULT_SECRET_FILE)),
+    };
+
+    match source.load() {
+        Ok(secret) if problems.is_empty() => Ok((
+            SigningKey {
+                id: key.id.clone(),
+                secret,
+            },
+            source,
+        )),
+        Ok(_) => Err(problems),
+        Err(error) => {
+            let (name, message) = describe_secret_error(&source, &error);
+            problems.extend(problem(name, message));
+            Err(problems)
+        }
+    }
+}
+
+/// Checks that a key id can travel in a header unchanged.
+pub fn validate_key_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 256 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "'{}' is not a usable key id; copy the id shown with the key (printable ASCII, no spaces, at most 256 bytes)",
+            id.escape_default()
+        ));
+    }
+    Ok(())
+}
+
+fn describe_secret_error(
+    source: &SecretSource,
+    error: &crate::secret::SecretError,
+) -> (&'static str, String) {
+    match source {
+        SecretSource::File(path) => (
+            "key.secret_file",
+            format!(
+                "'{}': {error}; mount the key's secret there or set key.secret_file",
+                path.display()
+            ),
+        ),
+        SecretSource::Env(name) => (
+            "key.secret_env",
+            format!("${name}: {error}; export the secret in that variable or use key.secret_file"),
+        ),
+    }
+}
+
+fn validate_policy(
+    policy: &PolicyConfig,
+    warnings: &mut Vec<String>,
+) -> Result<Policy, Vec<Problem>> {
+    let mut problems = Vec::new();
+    if let Err(message) = check_workspace(&policy.workspace) {
+        problems.extend(problem("policy.workspace", message));
+    }
+
+    let mut routes = RouteTable::built_in();
+    for extra in &policy.extra_routes {
+        match parse_extra_route(extra) {
+            Ok(route) => routes.push(route),
+            Err(message) => problems.extend(problem("policy.extra_routes", message)),
+        }
+    }
+
+    let scopes = collect(
+        &mut problems,
+        validate_scopes(&policy.scopes, &routes, warnings),
+    );
+    match scopes {
+        Some(scopes) if problems.is_empty() => Ok(Policy {
+            workspace: policy.workspace.clone(),
+            scopes,
+            routes,
+        }),
+        _ => Err(problems),
+    }
+}
+
+fn check_workspace(workspace: &str) -> Result<(), String> {
+    let valid = !workspace.is_empty()
+        && workspace
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
+        && workspace != "."
+        && workspace != "..";
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{}' is not a workspace id; copy the id from the workspace URL (letters, digits, '-', '_', '.', '~')",
+            workspace.escape_default()
+        ))
+    }
+}
+
+fn parse_extra_route(extra: &ExtraRouteConfig) -> Result<Route, String> {
+    let (scope, _) = Scope::parse(&extra.scope)?;
+    Route::new(&extra.method, &extra.path, scope)
+}
+
+fn validate_scopes(
+    names: &[String],
+    routes: &RouteTable,
+    warnings: &mut Vec<String>,
+) -> Result<BTreeSet<Scope>, Vec<Problem>> {
+    if names.is_empty() {
+        return Err(problem(
+            "policy.scopes",
+            format!("the allowlist is empty, so every request would be denied; list the scopes this agent needs, from {}", BUILT_IN_SCOPES.join(", ")),
+        ));
+    }
+
+    let mut problems = Vec::new();
+    let mut scopes = BTreeSet::new();
+    for name in names {
+        match Scope::parse(name) {
+            Ok((scope, _)) if !routes.knows_scope(&scope) => problems.extend(problem(
+                "policy.scopes",
+                format!("unknown scope '{scope}'; known scopes are {} plus those of policy.extra_routes", BUILT_IN_SCOPES.join(", ")),
+            )),
+            Ok((scope, alias)) => {
+                if alias {
+                    warnings.push(format!("policy.scopes: '{name}' is read as '{scope}'; write '{scope}'"));
+                }
+                scopes.insert(scope);
+            }
+            Err(message) => problems.extend(problem("policy.scopes", message)),
+        }
+    }
+
+    if problems.is_empty() {
+        Ok(scopes)
+    } else {
+        Err(problems)
+    }
+}
+
+fn validate_max_body(bytes: u64) -> Result<usize, Vec<Problem>> {
+    const CEILING: u64 = 1 << 30;
+    match usize::try_from(bytes) {
+        Ok(limit) if bytes > 0 && bytes <= CEILING => Ok(limit),
+        _ => Err(problem(
+            "policy.max_body_bytes",
+            format!("{bytes} is out of range; give a size in bytes from 1 to {CEILING} (the default is {DEFAULT_MAX_BODY_BYTES})"),
+        )),
+    }
+}
+
+fn validate_log(log: &LogConfig) -> Result<(), Problem> {
+    tracing_subscriber::EnvFilter::try_new(&log.level)
+        .map(|_| ())
+        .map_err(|error| Problem {
+            key: "log.level",
+            message: format!(
+                "'{}' is not a log filter ({error}); use a level such as info or debug",
+                log.level
+            ),
+        })
+}

@@ -1,0 +1,184 @@
+//! `demo`: the stand-in of the API and the proxy in front of it, with a throwaway key.
+
+use std::sync::Arc;
+
+use crate::cli::{DemoArgs, Exit};
+use crate::config::{
+    self, FileConfig, KeyConfig, ListenConfig, LogConfig, PolicyConfig, UpstreamConfig,
+};
+use crate::proxy::Proxy;
+use crate::secret::Secret;
+use crate::server::{self, Listener, ServerOptions};
+use crate::signing::{self, SignatureEncoding};
+use crate::standin::StandIn;
+
+/// Scopes of the demo when none are given: everything but `files:propose`, so that the demo
+/// also shows what a denial looks like.
+const DEFAULT_DEMO_SCOPES: [&str; 3] = ["env:read", "artifacts:write", "events:write"];
+
+/// Runs the demo until Ctrl-C or SIGTERM.
+pub async fn run(args: DemoArgs) -> Exit {
+    crate::telemetry::init_logging(&LogConfig::default());
+    match start(args).await {
+        Ok(()) => Exit::Ok,
+        Err(message) => {
+            eprintln!("error: {message}");
+            Exit::Usage
+        }
+    }
+}
+
+async fn start(args: DemoArgs) -> Result<(), String> {
+    // The throwaway key lives in a private temporary directory for the demo's lifetime,
+    // because the proxy reads secrets from files, as in production.
+    let key_dir = tempfile_dir()?;
+    let secret_path = key_dir.path.join("secret");
+    let secret_text = signing::new_nonce() + &signing::new_nonce();
+    write_private(&secret_path, secret_text.as_bytes())?;
+    let key_id = format!("demo_{}", &signing::new_nonce()[..12]);
+
+    let upstream_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|error| format!("cannot start the stand-in on loopback: {error}"))?;
+    let upstream_address = upstream_listener
+        .local_addr()
+        .map_err(|error| error.to_string())?;
+    let stand_in = StandIn::new(&args.workspace, "", SignatureEncoding::Hex);
+    stand_in.add_key(
+        &key_id,
+        Secret::new(secret_text.into_bytes()).map_err(|error| error.to_string())?,
+    );
+    tokio::spawn(Arc::clone(&stand_in).serve(upstream_listener, None, std::future::pending()));
+
+    let scopes = if args.scopes.is_empty() {
+        DEFAULT_DEMO_SCOPES
+            .iter()
+            .map(|scope| scope.to_string())
+            .collect()
+    } else {
+        args.scopes.clone()
+    };
+    let file = demo_config(
+        &args,
+        &format!("http://{upstream_address}"),
+        &key_id,
+        &secret_path,
+        scopes,
+    );
+    let settings = config::validate(file).map_err(|error| error.to_string())?;
+    let proxy = Proxy::new(&settings).map_err(|error| error.to_string())?;
+    let listener = Listener::bind(&settings.listen)
+        .await
+        .map_err(|error| error.to_string())?;
+
+    print_banner(&args, &upstream_address.to_string(), &key_id, &settings);
+    server::serve(
+        listener,
+        proxy,
+        ServerOptions::default(),
+        crate::shutdown::wait_for_signal(),
+    )
+    .await;
+    drop(key_dir);
+    Ok(())
+}
+
+fn demo_config(
+    args: &DemoArgs,
+    upstream_url: &str,
+    key_id: &str,
+    secret_path: &std::path::Path,
+    scopes: Vec<String>,
+) -> FileConfig {
+    FileConfig {
+        listen: ListenConfig {
+            address: Some(args.listen.to_string()),
+            unix_socket: None,
+        },
+        upstream: UpstreamConfig {
+            url: upstream_url.to_owned(),
+            ca_file: None,
+            connect_timeout_seconds: 5.0,
+            response_timeout_seconds: 30.0,
+        },
+        key: KeyConfig {
+            id: key_id.to_owned(),
+            secret_file: Some(secret_path.to_owned()),
+            secret_env: None,
+            signature_encoding: SignatureEncoding::Hex,
+            secret: None,
+        },
+        policy: PolicyConfig {
+            workspace: args.workspace.clone(),
+            scopes,
+            max_body_bytes: config::DEFAULT_MAX_BODY_BYTES,
+            extra_routes: Vec::new(),
+        },
+        log: LogConfig::default(),
+    }
+}
+
+fn print_banner(args: &DemoArgs, upstream: &str, key_id: &str, settings: &config::Settings) {
+    let base = format!("http://{}", args.listen);
+    let workspace = &args.workspace;
+    let scopes: Vec<&str> = settings
+        .policy
+        .scopes
+        .iter()
+        .map(|scope| scope.as_str())
+        .collect();
+    println!("agent-access-proxy demo");
+    println!(
+        "  stand-in of the API: http://{upstream} (workspace {workspace}, throwaway key {key_id})"
+    );
+    println!("  allowed scopes:      {}", scopes.join(", "));
+    println!();
+    println!("Agent base URL: {base}");
+    println!();
+    println!("Read the environment through the proxy:");
+    println!("  curl -s {base}/agent-api/v1/workspaces/{workspace}/environment");
+    println!("Write an artifact:");
+    println!("  curl -s -X POST -H 'content-type: application/json' -d '{{\"title\":\"Hello\",\"text\":\"# Hello\"}}' {base}/agent-api/v1/workspaces/{workspace}/artifacts");
+    if !scopes.contains(&"files:propose") {
+        println!("Denied, because files:propose is not in the allowlist:");
+        println!("  curl -s -X POST -d '{{\"content\":\"new\"}}' {base}/agent-api/v1/workspaces/{workspace}/files/fn_memory/proposals");
+    }
+    println!("See what agents wrote (stand-in only): curl -s http://{upstream}/_stand-in/state");
+    println!();
+    println!("Press Ctrl-C to stop.");
+}
+
+/// A private temporary directory, removed on drop.
+struct TempDir {
+    path: std::path::PathBuf,
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+fn tempfile_dir() -> Result<TempDir, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let path =
+        std::env::temp_dir().join(format!("agent-access-proxy-demo-{}", signing::new_nonce()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&path)
+        .map_err(|error| format!("cannot create {}: {error}", path.display()))?;
+    Ok(TempDir { path })
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|error| format!("cannot create {}: {error}", path.display()))?;
+    file.write_all(bytes)
+        .map_err(|error| format!("cannot write {}: {error}", path.display()))
+}

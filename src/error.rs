@@ -1,0 +1,127 @@
+//! Errors the proxy answers itself, and the one place that turns them into responses.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::policy::Denial;
+
+/// Response header on every response the proxy generates itself. Its value is the error
+/// code, so an agent can tell a proxy denial from an upstream error without parsing the body.
+pub const PROXY_ERROR_HEADER: &str = "x-agent-access-proxy-error";
+
+/// Which side caused a failure, for logs and for choosing between 4xx and 5xx.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Agent,
+    Upstream,
+    Proxy,
+}
+
+/// A request the proxy answered itself instead of forwarding.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Denied(#[from] Denial),
+    #[error("CONNECT is not supported: this proxy is not a forward proxy; use it as your API base URL (for example http://127.0.0.1:8080) and send plain requests")]
+    Connect,
+    #[error("absolute-form request targets are not supported: this proxy is not a forward proxy; use it as your API base URL and send origin-form paths such as /agent-api/v1/...")]
+    AbsoluteForm,
+    #[error("protocol upgrades (such as WebSocket) are not supported: the proxy signs one request and one response at a time")]
+    Upgrade,
+    #[error("the request body exceeds the limit of {limit} bytes; nothing was forwarded")]
+    BodyTooLarge { limit: usize },
+    #[error("the request body could not be read: {0}")]
+    BodyRead(#[source] hyper::Error),
+    #[error("cannot connect to the upstream API: {0}")]
+    UpstreamUnavailable(String),
+    #[error("TLS with the upstream API failed: {0}")]
+    UpstreamTls(String),
+    #[error("the upstream API closed the connection before responding: {0}")]
+    UpstreamConnectionLost(String),
+    #[error("the upstream API sent an invalid HTTP response: {0}")]
+    UpstreamInvalidResponse(String),
+    #[error("the upstream API sent no response headers within {0:?}")]
+    UpstreamTimeout(std::time::Duration),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    /// The stable error code, documented in the README.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::Denied(Denial::InvalidTarget(_)) => "invalid_target",
+            ProxyError::Denied(Denial::UnknownRoute { .. }) => "unknown_route",
+            ProxyError::Denied(Denial::ScopeNotAllowed { .. }) => "scope_not_allowed",
+            ProxyError::Denied(Denial::OtherWorkspace { .. }) => "workspace_not_allowed",
+            ProxyError::Connect => "connect_not_supported",
+            ProxyError::AbsoluteForm => "absolute_form_not_supported",
+            ProxyError::Upgrade => "upgrade_not_supported",
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::BodyRead(_) => "body_read_failed",
+            ProxyError::UpstreamUnavailable(_) => "upstream_unavailable",
+            ProxyError::UpstreamTls(_) => "upstream_tls_failed",
+            ProxyError::UpstreamConnectionLost(_) => "upstream_connection_lost",
+            ProxyError::UpstreamInvalidResponse(_) => "upstream_invalid_response",
+            ProxyError::UpstreamTimeout(_) => "upstream_timeout",
+            ProxyError::Internal(_) => "internal_error",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            // Malformed input the agent can fix.
+            ProxyError::Denied(Denial::InvalidTarget(_))
+            | ProxyError::AbsoluteForm
+            | ProxyError::Upgrade
+            | ProxyError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            // Well-formed, but outside what this proxy may sign.
+            ProxyError::Denied(_) => StatusCode::FORBIDDEN,
+            ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            // The upstream failed; the agent may retry later.
+            ProxyError::UpstreamUnavailable(_)
+            | ProxyError::UpstreamTls(_)
+            | ProxyError::UpstreamConnectionLost(_)
+            | ProxyError::UpstreamInvalidResponse(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        match self.status() {
+            status if status.is_client_error() => Side::Agent,
+            StatusCode::INTERNAL_SERVER_ERROR => Side::Proxy,
+            _ => Side::Upstream,
+        }
+    }
+
+    /// Builds the JSON error response `{"error": {"code": ..., "message": ...}}`.
+    pub fn to_response(&self) -> Response<Full<Bytes>> {
+        error_response(self.status(), self.code(), &self.to_string())
+    }
+}
+
+/// Builds a proxy-generated JSON error response.
+pub fn error_response(
+    status: StatusCode,
+    code: &'static str,
+    message: &str,
+) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "error": { "code": code, "message": message } });
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(PROXY_ERROR_HEADER, HeaderValue::from_static(code));
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
+    }
+    response
+}
