@@ -145,22 +145,35 @@ fn find_source<'a, T: StdError + 'static>(error: &'a (dyn StdError + 'static)) -
         if let Some(found) = error.downcast_ref::<T>() {
             return Some(found);
         }
-        current = error.source();
+        current = next_source(error);
     }
     None
+}
+
+/// Steps one error down the chain. An io::Error's `source()` skips the error it wraps,
+/// and hyper-rustls reports a TLS failure as an io::Error wrapping an io::Error wrapping
+/// the rustls::Error, so the wrapped error is taken explicitly.
+fn next_source<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a (dyn StdError + 'static)> {
+    match error
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io_error| io_error.get_ref())
+    {
+        Some(inner) => Some(inner as &(dyn StdError + 'static)),
+        None => error.source(),
+    }
 }
 
 /// Joins an error and its sources into one line, such as
 /// `client error (Connect): tcp connect error: Connection refused (os error 111)`.
 fn describe_chain(error: &(dyn StdError + 'static)) -> String {
     let mut parts = vec![error.to_string()];
-    let mut current = error.source();
+    let mut current = next_source(error);
     while let Some(source) = current {
         let text = source.to_string();
         if !parts.last().is_some_and(|last| last.contains(&text)) {
             parts.push(text);
         }
-        current = source.source();
+        current = next_source(source);
     }
     parts.join(": ")
 }

@@ -42,6 +42,7 @@ const RECORDED_REQUESTS: usize = 4096;
 #[derive(Clone, Debug)]
 pub struct RecordedRequest {
     pub method: Method,
+    pub version: http::Version,
     pub path_with_query: String,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -198,13 +199,7 @@ impl StandIn {
                 &body,
             )
             .err();
-        self.record(
-            &parts.method,
-            &path_with_query,
-            &parts.headers,
-            &body,
-            rejection.clone(),
-        );
+        self.record(&parts, &path_with_query, &body, rejection.clone());
 
         if let Some(rejection) = rejection {
             self.rejected_total.fetch_add(1, Ordering::Relaxed);
@@ -225,9 +220,8 @@ impl StandIn {
 
     fn record(
         &self,
-        method: &Method,
+        parts: &http::request::Parts,
         path_with_query: &str,
-        headers: &HeaderMap,
         body: &Bytes,
         rejection: Option<Rejection>,
     ) {
@@ -237,9 +231,10 @@ impl StandIn {
             recorded.pop_front();
         }
         recorded.push_back(RecordedRequest {
-            method: method.clone(),
+            method: parts.method.clone(),
+            version: parts.version,
             path_with_query: path_with_query.to_owned(),
-            headers: headers.clone(),
+            headers: parts.headers.clone(),
             body: body.clone(),
             rejection,
         });
