@@ -1,46 +1,112 @@
-//! Buffering the agent's request body within a limit.
+//! Buffering the agent's request body within a per-request limit and a global budget.
 //!
 //! The signature covers a hash of the whole body, so the body must be complete before the
 //! first byte goes upstream. It is hashed frame by frame while it arrives.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
-use http::HeaderMap;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ProxyError;
+use crate::telemetry::metrics;
 
-/// A complete request body and its lowercase hex SHA-256.
+/// A complete request body, its lowercase hex SHA-256, and its share of the budget.
 pub struct BufferedBody {
     pub bytes: Bytes,
     pub sha256: String,
+    pub reservation: Reservation,
 }
 
-/// Returns the declared `Content-Length`, if there is exactly one valid value.
-///
-/// hyper rejects conflicting or malformed lengths on HTTP/1 before the handler runs.
-pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
+/// The global budget of buffered request body bytes.
+pub struct BodyBudget {
+    semaphore: Arc<Semaphore>,
+    total: usize,
 }
 
-/// Reads the body up to `limit` bytes.
+/// Bytes of the budget held by one request; returned on drop.
+pub struct Reservation {
+    permit: Option<OwnedSemaphorePermit>,
+    budget: Arc<Semaphore>,
+    total: usize,
+}
+
+impl BodyBudget {
+    pub fn new(total: usize) -> BodyBudget {
+        // A tokio semaphore holds at most usize::MAX >> 3 permits; budgets are far below.
+        BodyBudget {
+            semaphore: Arc::new(Semaphore::new(total.min(Semaphore::MAX_PERMITS))),
+            total,
+        }
+    }
+
+    fn reserve(&self) -> Reservation {
+        Reservation {
+            permit: None,
+            budget: self.semaphore.clone(),
+            total: self.total,
+        }
+    }
+}
+
+impl Reservation {
+    /// Takes `bytes` more from the budget, without waiting: over budget, the request fails
+    /// at once instead of queueing behind uploads that may take minutes.
+    fn grow(&mut self, bytes: usize) -> Result<(), ProxyError> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let exhausted = || ProxyError::BodyBudgetExhausted { budget: self.total };
+        let count = u32::try_from(bytes).map_err(|_| exhausted())?;
+        let permit = self
+            .budget
+            .clone()
+            .try_acquire_many_owned(count)
+            .map_err(|_| exhausted())?;
+
+        match &mut self.permit {
+            Some(held) => held.merge(permit),
+            None => self.permit = Some(permit),
+        }
+        self.update_gauge();
+        Ok(())
+    }
+
+    fn update_gauge(&self) {
+        let in_use = self.total.saturating_sub(self.budget.available_permits());
+        metrics::buffered_body_bytes().set(in_use as f64);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.permit.take().is_some() {
+            self.update_gauge();
+        }
+    }
+}
+
+/// Reads the body up to `limit` bytes, reserving its size from `budget` as it arrives.
 ///
 /// A declared length above the limit is rejected before any byte is read, so with
 /// `Expect: 100-continue` the agent never sends the body. A chunked body is cut off as
 /// soon as it passes the limit.
-pub async fn read_limited(body: Incoming, limit: usize) -> Result<BufferedBody, ProxyError> {
+pub async fn read_limited(
+    body: Incoming,
+    limit: usize,
+    budget: &BodyBudget,
+) -> Result<BufferedBody, ProxyError> {
     let declared = body.size_hint().exact();
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(ProxyError::BodyTooLarge { limit });
     }
 
     let capacity = declared.map_or(0, |length| length as usize);
+    let mut reservation = budget.reserve();
+    reservation.grow(capacity)?;
     let mut buffer = BytesMut::with_capacity(capacity);
     let mut hasher = Sha256::new();
     let mut body = body;
@@ -52,9 +118,11 @@ pub async fn read_limited(body: Incoming, limit: usize) -> Result<BufferedBody, 
             continue;
         };
 
-        if buffer.len() + data.len() > limit {
+        let length = buffer.len() + data.len();
+        if length > limit {
             return Err(ProxyError::BodyTooLarge { limit });
         }
+        reservation.grow(length.saturating_sub(capacity.max(buffer.len())))?;
         hasher.update(&data);
         buffer.extend_from_slice(&data);
     }
@@ -62,5 +130,6 @@ pub async fn read_limited(body: Incoming, limit: usize) -> Result<BufferedBody, 
     Ok(BufferedBody {
         bytes: buffer.freeze(),
         sha256: hex::encode(hasher.finalize()),
+        reservation,
     })
 }

@@ -8,11 +8,10 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::app;
 use crate::config::{self, SecretSource, Settings};
 use crate::policy::Scope;
-use crate::proxy::Proxy;
 use crate::secret::SigningKey;
-use crate::server::{self, Listener, ServerOptions};
 use crate::signing::{self, SignatureEncoding, SignatureInput};
 
 /// Exit codes, following sysexits(3) where one fits.
@@ -175,7 +174,19 @@ impl From<EncodingArg> for SignatureEncoding {
 
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            // --help and --version print to standard output and succeed.
+            let exit = if error.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Ok
+            };
+            return exit.into();
+        }
+    };
     let exit = match cli.command {
         Command::Run(args) => run(&args.config),
         Command::Demo(args) => block_on(crate::demo::run(args)),
@@ -214,51 +225,52 @@ fn run(path: &Path) -> Exit {
         Err(exit) => return exit,
     };
     crate::telemetry::init_logging(&settings.log);
-    block_on(serve_until_signal(settings))
+    block_on(serve_until_signal(settings, path.to_owned()))
 }
 
-async fn serve_until_signal(settings: Settings) -> Exit {
-    let proxy = match Proxy::new(&settings) {
-        Ok(proxy) => proxy,
+async fn serve_until_signal(settings: Settings, path: PathBuf) -> Exit {
+    let running = match app::start(&settings, Some(path), crate::shutdown::wait_for_signal()).await
+    {
+        Ok(running) => running,
         Err(error) => {
-            tracing::error!(error = %error, "invalid upstream configuration");
-            return Exit::Usage;
-        }
-    };
-    let listener = match Listener::bind(&settings.listen).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            tracing::error!(error = %error, "cannot bind the agent listener");
+            tracing::error!(error = %error, "cannot start");
+            eprintln!("error: {error}");
             return Exit::Usage;
         }
     };
 
-    log_start(&settings, &listener);
-    server::serve(
-        listener,
-        proxy,
-        ServerOptions::default(),
-        crate::shutdown::wait_for_signal(),
-    )
-    .await;
-    tracing::info!("stopped");
-    Exit::Ok
+    log_start(&settings, &running);
+    match running.done.await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            Exit::Ok
+        }
+        Err(error) => {
+            tracing::error!(error = %error, "the server task failed");
+            Exit::Failure
+        }
+    }
 }
 
-fn log_start(settings: &Settings, listener: &Listener) {
+/// Logs the effective configuration, secret redacted, and any start-up warnings.
+fn log_start(settings: &Settings, running: &app::Running) {
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
     }
     let scopes: Vec<&str> = settings.policy.scopes.iter().map(Scope::as_str).collect();
+    let upstream = &settings.upstream;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
-        listen = %listener.local_address(),
-        upstream = %format!("{}://{}{}", settings.upstream.scheme, settings.upstream.authority, settings.upstream.path_prefix),
+        listen = %running.listen,
+        admin = %running.admin.map_or("disabled".to_owned(), |address| address.to_string()),
+        upstream = %format!("{}://{}{}", upstream.scheme, upstream.authority, upstream.path_prefix),
         workspace = %settings.policy.workspace,
         scopes = %scopes.join(","),
         key_id = %settings.key.id,
         secret = %settings.key.secret,
         max_body_bytes = settings.max_body_bytes,
+        max_requests_in_flight = settings.limits.max_requests_in_flight,
+        max_buffered_body_bytes = settings.limits.max_buffered_body_bytes,
         "agent-access-proxy started"
     );
 }
@@ -277,13 +289,17 @@ fn check_config(path: &Path) -> Exit {
         eprintln!("warning: {warning}");
     }
     let mut effective = settings.effective.clone();
+    match &settings.listen {
+        config::ListenAddress::Tcp(address) => effective.listen.address = Some(address.to_string()),
+        config::ListenAddress::Unix(path) => effective.listen.unix_socket = Some(path.clone()),
+    }
     effective.policy.scopes = settings
         .policy
         .scopes
         .iter()
         .map(|scope| scope.to_string())
         .collect();
-    let secret_line = match &settings.key_source {
+    let secret_line = match &settings.key_source.secret {
         SecretSource::File(path) => format!(
             "# key secret: {} (loaded from file {})",
             settings.key.secret,

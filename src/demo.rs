@@ -3,12 +3,8 @@
 use std::sync::Arc;
 
 use crate::cli::{DemoArgs, Exit};
-use crate::config::{
-    self, FileConfig, KeyConfig, ListenConfig, LogConfig, PolicyConfig, UpstreamConfig,
-};
-use crate::proxy::Proxy;
+use crate::config::{self, LogConfig};
 use crate::secret::Secret;
-use crate::server::{self, Listener, ServerOptions};
 use crate::signing::{self, SignatureEncoding};
 use crate::standin::StandIn;
 
@@ -58,27 +54,21 @@ async fn start(args: DemoArgs) -> Result<(), String> {
     } else {
         args.scopes.clone()
     };
-    let file = demo_config(
-        &args,
-        &format!("http://{upstream_address}"),
-        &key_id,
-        &secret_path,
-        scopes,
-    );
-    let settings = config::validate(file).map_err(|error| error.to_string())?;
-    let proxy = Proxy::new(&settings).map_err(|error| error.to_string())?;
-    let listener = Listener::bind(&settings.listen)
+    let upstream_url = format!("http://{upstream_address}");
+    let text = demo_config(&args, &upstream_url, &key_id, &secret_path, &scopes);
+    let settings = config::load_toml(&text).map_err(|error| error.to_string())?;
+    let running = crate::app::start(&settings, None, crate::shutdown::wait_for_signal())
         .await
         .map_err(|error| error.to_string())?;
 
-    print_banner(&args, &upstream_address.to_string(), &key_id, &settings);
-    server::serve(
-        listener,
-        proxy,
-        ServerOptions::default(),
-        crate::shutdown::wait_for_signal(),
-    )
-    .await;
+    print_banner(
+        &args,
+        &upstream_address.to_string(),
+        &key_id,
+        &settings,
+        running.admin,
+    );
+    running.done.await.map_err(|error| error.to_string())?;
     drop(key_dir);
     Ok(())
 }
@@ -88,37 +78,29 @@ fn demo_config(
     upstream_url: &str,
     key_id: &str,
     secret_path: &std::path::Path,
-    scopes: Vec<String>,
-) -> FileConfig {
-    FileConfig {
-        listen: ListenConfig {
-            address: Some(args.listen.to_string()),
-            unix_socket: None,
-        },
-        upstream: UpstreamConfig {
-            url: upstream_url.to_owned(),
-            ca_file: None,
-            connect_timeout_seconds: 5.0,
-            response_timeout_seconds: 30.0,
-        },
-        key: KeyConfig {
-            id: key_id.to_owned(),
-            secret_file: Some(secret_path.to_owned()),
-            secret_env: None,
-            signature_encoding: SignatureEncoding::Hex,
-            secret: None,
-        },
-        policy: PolicyConfig {
-            workspace: args.workspace.clone(),
-            scopes,
-            max_body_bytes: config::DEFAULT_MAX_BODY_BYTES,
-            extra_routes: Vec::new(),
-        },
-        log: LogConfig::default(),
-    }
+    scopes: &[String],
+) -> String {
+    let scopes: Vec<String> = scopes.iter().map(|scope| format!("{scope:?}")).collect();
+    format!(
+        "[listen]\naddress = \"{}\"\n\n\
+         [admin]\naddress = \"127.0.0.1:0\"\n\n\
+         [upstream]\nurl = \"{upstream_url}\"\n\n\
+         [key]\nid = \"{key_id}\"\nsecret_file = {:?}\n\n\
+         [policy]\nworkspace = {:?}\nscopes = [{}]\n",
+        args.listen,
+        secret_path.display().to_string(),
+        args.workspace,
+        scopes.join(", "),
+    )
 }
 
-fn print_banner(args: &DemoArgs, upstream: &str, key_id: &str, settings: &config::Settings) {
+fn print_banner(
+    args: &DemoArgs,
+    upstream: &str,
+    key_id: &str,
+    settings: &config::Settings,
+    admin: Option<std::net::SocketAddr>,
+) {
     let base = format!("http://{}", args.listen);
     let workspace = &args.workspace;
     let scopes: Vec<&str> = settings
@@ -144,6 +126,9 @@ fn print_banner(args: &DemoArgs, upstream: &str, key_id: &str, settings: &config
         println!("  curl -s -X POST -d '{{\"content\":\"new\"}}' {base}/agent-api/v1/workspaces/{workspace}/files/fn_memory/proposals");
     }
     println!("See what agents wrote (stand-in only): curl -s http://{upstream}/_stand-in/state");
+    if let Some(admin) = admin {
+        println!("Metrics: curl -s http://{admin}/metrics");
+    }
     println!();
     println!("Press Ctrl-C to stop.");
 }

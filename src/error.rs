@@ -5,6 +5,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::policy::Denial;
+use crate::telemetry::metrics::Outcome;
 
 /// Response header on every response the proxy generates itself. Its value is the error
 /// code, so an agent can tell a proxy denial from an upstream error without parsing the body.
@@ -33,6 +34,10 @@ pub enum ProxyError {
     BodyTooLarge { limit: usize },
     #[error("the request body could not be read: {0}")]
     BodyRead(#[source] hyper::Error),
+    #[error("the proxy is handling {limit} requests already; retry shortly")]
+    Overloaded { limit: usize },
+    #[error("the proxy's buffer for request bodies ({budget} bytes over all requests) is full; retry shortly")]
+    BodyBudgetExhausted { budget: usize },
     #[error("cannot connect to the upstream API: {0}")]
     UpstreamUnavailable(String),
     #[error("TLS with the upstream API failed: {0}")]
@@ -60,6 +65,8 @@ impl ProxyError {
             ProxyError::Upgrade => "upgrade_not_supported",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BodyRead(_) => "body_read_failed",
+            ProxyError::Overloaded { .. } => "overloaded",
+            ProxyError::BodyBudgetExhausted { .. } => "body_budget_exhausted",
             ProxyError::UpstreamUnavailable(_) => "upstream_unavailable",
             ProxyError::UpstreamTls(_) => "upstream_tls_failed",
             ProxyError::UpstreamConnectionLost(_) => "upstream_connection_lost",
@@ -80,6 +87,10 @@ impl ProxyError {
             ProxyError::Denied(_) => StatusCode::FORBIDDEN,
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            // The proxy is at a limit; the agent should retry after Retry-After.
+            ProxyError::Overloaded { .. } | ProxyError::BodyBudgetExhausted { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             // The upstream failed; the agent may retry later.
             ProxyError::UpstreamUnavailable(_)
             | ProxyError::UpstreamTls(_)
@@ -87,6 +98,30 @@ impl ProxyError {
             | ProxyError::UpstreamInvalidResponse(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `outcome` label of metrics and logs.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            ProxyError::Denied(Denial::UnknownRoute { .. }) => Outcome::DeniedRoute,
+            ProxyError::Denied(Denial::ScopeNotAllowed { .. }) => Outcome::DeniedScope,
+            ProxyError::Denied(Denial::OtherWorkspace { .. }) => Outcome::DeniedWorkspace,
+            ProxyError::Denied(Denial::InvalidTarget(_))
+            | ProxyError::Connect
+            | ProxyError::AbsoluteForm
+            | ProxyError::Upgrade => Outcome::InvalidRequest,
+            ProxyError::BodyTooLarge { .. } => Outcome::BodyTooLarge,
+            ProxyError::BodyRead(_) => Outcome::ClientAborted,
+            ProxyError::Overloaded { .. } | ProxyError::BodyBudgetExhausted { .. } => {
+                Outcome::Overloaded
+            }
+            ProxyError::UpstreamTimeout(_) => Outcome::UpstreamTimeout,
+            ProxyError::UpstreamUnavailable(_)
+            | ProxyError::UpstreamTls(_)
+            | ProxyError::UpstreamConnectionLost(_)
+            | ProxyError::UpstreamInvalidResponse(_)
+            | ProxyError::Internal(_) => Outcome::UpstreamUnavailable,
         }
     }
 
@@ -122,6 +157,9 @@ pub fn error_response(
     headers.insert(PROXY_ERROR_HEADER, HeaderValue::from_static(code));
     if status == StatusCode::METHOD_NOT_ALLOWED {
         headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
 }

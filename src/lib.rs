@@ -18,14 +18,19 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod app;
 pub mod body;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod exchange;
 pub mod headers;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
+pub mod response;
 pub mod secret;
 pub mod server;
 pub mod shutdown;

@@ -2,7 +2,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -11,21 +11,31 @@ use http::request::Parts;
 use http::{Method, Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::body::{read_limited, BufferedBody};
+use crate::body::{read_limited, BodyBudget, BufferedBody};
 use crate::config::{Settings, UpstreamSettings};
 use crate::error::ProxyError;
+use crate::exchange::Exchange;
 use crate::headers::{is_upgrade_request, remove_hop_by_hop, remove_signing_headers};
 use crate::policy::Policy;
+use crate::response::ResponseBody;
 use crate::secret::SigningKey;
 use crate::signing::{
     self, SignatureEncoding, SignatureInput, KEY_ID_HEADER, NONCE_HEADER, SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
 };
+use crate::telemetry::{metrics, RateLimiter};
 use crate::upstream::{ClientError, UpstreamClient};
 
 /// The body of every response the proxy sends: the upstream's, streamed, or its own error.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<ResponseBody, Full<Bytes>>;
+
+/// Clock skew beyond which a warning is logged: a strict server rejects timestamps more
+/// than a few minutes off, so drift is worth an operator's attention well before that.
+const CLOCK_SKEW_WARNING_SECONDS: f64 = 30.0;
+/// Interval between repeats of the same warning.
+const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What the proxy may sign, swapped as one unit when the configuration is reloaded.
 #[derive(Debug)]
@@ -41,15 +51,20 @@ pub struct Proxy {
     encoding: SignatureEncoding,
     upstream: UpstreamSettings,
     client: UpstreamClient,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+    body_budget: BodyBudget,
+    warnings: RateLimiter,
 }
 
-/// What one request did, for its log line.
-#[derive(Default)]
-struct Summary {
-    route: Option<String>,
-    scope: Option<String>,
-    nonce: Option<String>,
-    stripped_headers: usize,
+/// A request ready to be signed: everything but the four signing headers.
+struct Unsigned {
+    method: Method,
+    uri: Uri,
+    path_with_query: String,
+    headers: HeaderMap,
+    body: Bytes,
+    body_sha256: String,
 }
 
 impl Proxy {
@@ -59,6 +74,7 @@ impl Proxy {
             policy: settings.policy.clone(),
             max_body_bytes: settings.max_body_bytes,
         };
+        metrics::record_key_id(None, &settings.key.id);
 
         Ok(Arc::new(Proxy {
             rules: ArcSwap::from_pointee(rules),
@@ -66,12 +82,23 @@ impl Proxy {
             encoding: settings.signature_encoding,
             upstream: settings.upstream.clone(),
             client,
+            in_flight: Arc::new(Semaphore::new(settings.limits.max_requests_in_flight)),
+            max_in_flight: settings.limits.max_requests_in_flight,
+            body_budget: BodyBudget::new(settings.limits.max_buffered_body_bytes),
+            warnings: RateLimiter::new(WARNING_INTERVAL),
         }))
     }
 
-    /// Replaces the signing key; the next request is signed with it.
+    /// Replaces the signing key; the next request is signed with it. Requests already
+    /// signed keep the key they were signed with.
     pub fn set_key(&self, key: SigningKey) {
-        self.key.store(Arc::new(key));
+        let previous = self.key.swap(Arc::new(key));
+        metrics::record_key_id(Some(&previous.id), &self.key.load().id);
+    }
+
+    /// Returns the key requests are signed with now.
+    pub fn key(&self) -> Arc<SigningKey> {
+        self.key.load_full()
     }
 
     /// Replaces the policy and limits as one unit.
@@ -79,110 +106,181 @@ impl Proxy {
         self.rules.store(Arc::new(rules));
     }
 
-    /// Returns the id of the key requests are signed with now.
-    pub fn key_id(&self) -> String {
-        self.key.load().id.clone()
-    }
-
     /// Handles one agent request. Every failure becomes a JSON error response here.
     pub async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        let started = Instant::now();
-        let method = request.method().clone();
-        let mut summary = Summary::default();
-
-        let response = match self.forward(request, &mut summary).await {
-            Ok(response) => response.map(Either::Left),
-            Err(error) => {
-                log_error(&method, &summary, &error);
-                error.to_response().map(Either::Right)
-            }
+        let mut exchange = Exchange::start(request.method());
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            let error = ProxyError::Overloaded {
+                limit: self.max_in_flight,
+            };
+            return Ok(self.answer_error(&mut exchange, error));
         };
 
-        tracing::info!(
-            target: "agent_access_proxy::access",
-            %method,
-            route = summary.route.as_deref().unwrap_or("-"),
-            scope = summary.scope.as_deref().unwrap_or("-"),
-            status = response.status().as_u16(),
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-            nonce = summary.nonce.as_deref().unwrap_or("-"),
-            stripped_headers = summary.stripped_headers,
-            "request"
-        );
-        Ok(response)
+        match self.forward(request, &mut exchange).await {
+            Ok(response) => Ok(self.stream_response(response, exchange, permit)),
+            Err(error) => Ok(self.answer_error(&mut exchange, error)),
+        }
+    }
+
+    fn answer_error(&self, exchange: &mut Exchange, error: ProxyError) -> Response<ProxyBody> {
+        if error.side() != crate::error::Side::Agent {
+            self.warn_limited(error.code(), exchange.route(), &error);
+        }
+        exchange.fail(&error);
+        error.to_response().map(Either::Right)
+    }
+
+    fn stream_response(
+        &self,
+        mut response: Response<Incoming>,
+        exchange: Exchange,
+        permit: OwnedSemaphorePermit,
+    ) -> Response<ProxyBody> {
+        remove_hop_by_hop(response.headers_mut());
+        let remaining = self
+            .upstream
+            .request_timeout
+            .saturating_sub(exchange.elapsed());
+        let deadline = Box::pin(tokio::time::sleep(remaining));
+        let status = response.status().as_u16();
+        response
+            .map(|body| Either::Left(ResponseBody::new(body, exchange, status, deadline, permit)))
     }
 
     async fn forward(
         &self,
         request: Request<Incoming>,
-        summary: &mut Summary,
+        exchange: &mut Exchange,
     ) -> Result<Response<Incoming>, ProxyError> {
         reject_unsupported(&request)?;
         let rules = self.rules.load_full();
         let (parts, body) = request.into_parts();
 
-        let allowed = rules
+        let decision = rules
             .policy
-            .decide(&parts.method, parts.uri.path(), parts.uri.query())?;
-        summary.route = Some(allowed.route.template.clone());
-        summary.scope = Some(allowed.route.scope.to_string());
+            .decide(&parts.method, parts.uri.path(), parts.uri.query());
+        if let Some((route, scope)) = decision
+            .as_ref()
+            .err()
+            .and_then(|denial| denial.matched_route())
+        {
+            exchange.set_route(route, scope);
+        }
+        let allowed = decision?;
+        exchange.set_route(allowed.route.template.clone(), allowed.route.scope.name());
 
-        let body = read_limited(body, rules.max_body_bytes).await?;
-        let upstream_request = self.build_upstream_request(parts, body, summary)?;
+        let body = read_limited(body, rules.max_body_bytes, &self.body_budget).await?;
+        exchange.set_body_bytes(body.bytes.len());
+        metrics::record_body(exchange.route(), body.bytes.len());
 
-        let response = self.client.send(upstream_request).await?;
-        Ok(strip_response_headers(response))
+        // The reservation is held until the upstream answers, because the body stays in
+        // memory until then; it is released before the response streams.
+        let BufferedBody {
+            bytes,
+            sha256,
+            reservation,
+        } = body;
+        let unsigned = self.prepare(parts, bytes, sha256, exchange)?;
+        let response = self.send_with_retry(&unsigned, exchange).await;
+        drop(reservation);
+        let response = response?;
+
+        self.inspect_response(&response, exchange);
+        Ok(response)
+    }
+
+    /// Sends the request; a GET or HEAD whose connection failed before any response byte
+    /// is signed again with a fresh timestamp and nonce and sent once more.
+    async fn send_with_retry(
+        &self,
+        unsigned: &Unsigned,
+        exchange: &mut Exchange,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let first = self.send_signed(unsigned, exchange).await;
+        let retryable = matches!(
+            first,
+            Err(ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamConnectionLost(_))
+        ) && matches!(unsigned.method, Method::GET | Method::HEAD);
+        if !retryable {
+            return first;
+        }
+
+        if let Err(error) = &first {
+            tracing::info!(route = exchange.route(), error = %error, "retrying once with a fresh nonce");
+        }
+        metrics::record_retry(exchange.route());
+        self.send_signed(unsigned, exchange).await
+    }
+
+    async fn send_signed(
+        &self,
+        unsigned: &Unsigned,
+        exchange: &mut Exchange,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let nonce = signing::new_nonce();
+        let mut headers = unsigned.headers.clone();
+        self.insert_signature(&mut headers, unsigned, &nonce)?;
+        exchange.set_nonce(nonce);
+
+        let mut request = Request::new(Full::new(unsigned.body.clone()));
+        *request.method_mut() = unsigned.method.clone();
+        *request.uri_mut() = unsigned.uri.clone();
+        *request.headers_mut() = headers;
+
+        let sent = Instant::now();
+        let response = self.client.send(request).await?;
+        metrics::record_upstream_response(
+            exchange.route(),
+            sent.elapsed(),
+            response.status().as_u16(),
+        );
+        Ok(response)
     }
 
     /// Rebuilds the request for the upstream: same method, path, query, headers and body,
-    /// minus hop-by-hop and agent-supplied signing headers, plus the four signing headers.
-    fn build_upstream_request(
+    /// minus hop-by-hop and agent-supplied signing headers.
+    fn prepare(
         &self,
         parts: Parts,
-        body: BufferedBody,
-        summary: &mut Summary,
-    ) -> Result<Request<Full<Bytes>>, ProxyError> {
+        body: Bytes,
+        body_sha256: String,
+        exchange: &mut Exchange,
+    ) -> Result<Unsigned, ProxyError> {
         let path_with_query = self.upstream_path_with_query(&parts.uri);
         let uri = self.upstream_uri(&path_with_query)?;
 
         let mut headers = parts.headers;
         remove_hop_by_hop(&mut headers);
-        summary.stripped_headers = remove_signing_headers(&mut headers);
+        let stripped = remove_signing_headers(&mut headers);
+        exchange.set_stripped_headers(stripped);
+        metrics::record_stripped_headers(stripped);
         // The client sets Host from the upstream URL. Expect was answered by this proxy
-        // already, and Content-Length is set below from the buffered body.
+        // already, and Content-Length is set from the buffered body.
         headers.remove(header::HOST);
         headers.remove(header::EXPECT);
         headers.remove(header::CONTENT_LENGTH);
-        if !body.bytes.is_empty() || !matches!(parts.method, Method::GET | Method::HEAD) {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.bytes.len()));
+        if !body.is_empty() || !matches!(parts.method, Method::GET | Method::HEAD) {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         }
 
-        let nonce = signing::new_nonce();
-        self.insert_signature(
-            &mut headers,
-            &parts.method,
-            &path_with_query,
-            &nonce,
-            &body.sha256,
-        )?;
-        summary.nonce = Some(nonce);
-
-        let mut request = Request::new(Full::new(body.bytes));
-        *request.method_mut() = parts.method;
-        *request.uri_mut() = uri;
-        *request.headers_mut() = headers;
-        Ok(request)
+        Ok(Unsigned {
+            method: parts.method,
+            uri,
+            path_with_query,
+            headers,
+            body,
+            body_sha256,
+        })
     }
 
     /// Prepends the base URL's path prefix to the target exactly as the agent sent it.
     fn upstream_path_with_query(&self, uri: &Uri) -> String {
         let prefix = &self.upstream.path_prefix;
-        let mut target = String::with_capacity(
-            prefix.len() + uri.path().len() + uri.query().map_or(0, |q| q.len() + 1),
-        );
+        let query_length = uri.query().map_or(0, |query| query.len() + 1);
+        let mut target = String::with_capacity(prefix.len() + uri.path().len() + query_length);
         target.push_str(prefix);
         target.push_str(uri.path());
         if let Some(query) = uri.query() {
@@ -206,18 +304,16 @@ impl Proxy {
     fn insert_signature(
         &self,
         headers: &mut HeaderMap,
-        method: &Method,
-        path_with_query: &str,
+        unsigned: &Unsigned,
         nonce: &str,
-        body_sha256: &str,
     ) -> Result<(), ProxyError> {
         let key = self.key.load();
         let input = SignatureInput {
-            method: method.as_str(),
-            path_with_query,
+            method: unsigned.method.as_str(),
+            path_with_query: &unsigned.path_with_query,
             timestamp: signing::unix_now(),
             nonce,
-            body_sha256,
+            body_sha256: &unsigned.body_sha256,
         };
         let signed = signing::sign(&key, &input, self.encoding);
 
@@ -234,6 +330,42 @@ impl Proxy {
         headers.insert(SIGNATURE_HEADER, signature);
         Ok(())
     }
+
+    /// Tracks the upstream's clock and flags a rejected signature.
+    fn inspect_response(&self, response: &Response<Incoming>, exchange: &mut Exchange) {
+        exchange.set_upstream_status(response.status().as_u16());
+        if let Some(skew) = clock_skew(response.headers()) {
+            metrics::record_clock_skew(skew);
+            if skew.abs() > CLOCK_SKEW_WARNING_SECONDS {
+                if let Some(held_back) = self.warnings.check("clock_skew") {
+                    tracing::warn!(skew_seconds = skew, held_back, "the upstream clock differs from ours; a strict server rejects timestamps beyond its window, so check NTP on this host");
+                }
+            }
+        }
+        if response.status() == http::StatusCode::UNAUTHORIZED {
+            if let Some(held_back) = self.warnings.check("upstream_unauthorized") {
+                let key_id = self.key.load().id.clone();
+                tracing::warn!(route = exchange.route(), key_id, held_back, "the upstream rejected a signed request with 401: check the key id and secret, and the clock");
+            }
+        }
+    }
+
+    fn warn_limited(&self, key: &'static str, route: &str, error: &ProxyError) {
+        if let Some(held_back) = self.warnings.check(key) {
+            tracing::warn!(route, code = error.code(), error = %error, held_back, "request failed");
+        }
+    }
+}
+
+/// Returns the upstream's `Date` minus the local clock, in seconds.
+fn clock_skew(headers: &HeaderMap) -> Option<f64> {
+    let date = headers.get(header::DATE)?.to_str().ok()?;
+    let upstream = httpdate::parse_http_date(date).ok()?;
+    let now = std::time::SystemTime::now();
+    Some(match upstream.duration_since(now) {
+        Ok(ahead) => ahead.as_secs_f64(),
+        Err(behind) => -behind.duration().as_secs_f64(),
+    })
 }
 
 /// Rejects requests that must never be forwarded, whatever the policy says.
@@ -250,19 +382,4 @@ fn reject_unsupported(request: &Request<Incoming>) -> Result<(), ProxyError> {
         return Err(ProxyError::AbsoluteForm);
     }
     Ok(())
-}
-
-fn strip_response_headers(mut response: Response<Incoming>) -> Response<Incoming> {
-    remove_hop_by_hop(response.headers_mut());
-    response
-}
-
-fn log_error(method: &Method, summary: &Summary, error: &ProxyError) {
-    let route = summary.route.as_deref().unwrap_or("-");
-    match error.side() {
-        crate::error::Side::Agent => {
-            tracing::info!(%method, route, code = error.code(), error = %error, "request rejected")
-        }
-        _ => tracing::warn!(%method, route, code = error.code(), error = %error, "request failed"),
-    }
 }

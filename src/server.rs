@@ -95,6 +95,8 @@ pub struct ServerOptions {
     /// Time an agent has to send a request's headers; a slow client cannot hold a
     /// connection forever.
     pub header_read_timeout: Duration,
+    /// Maximum size of a request's headers, in bytes.
+    pub max_header_bytes: usize,
     /// Time in-flight requests get to finish after shutdown starts.
     pub drain_timeout: Duration,
 }
@@ -102,7 +104,8 @@ pub struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
-            header_read_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
             drain_timeout: Duration::from_secs(20),
         }
     }
@@ -144,8 +147,12 @@ fn connection_builder(options: &ServerOptions) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(options.max_header_bytes)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX));
     builder
 }
 

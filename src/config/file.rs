@@ -8,6 +8,8 @@ use crate::signing::SignatureEncoding;
 
 /// Default agent-facing address: loopback only, because agents run in the same pod or host.
 pub const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:8080";
+/// Default admin address: loopback, so that metrics are not exposed by accident.
+pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9090";
 /// Default secret file, where the Kubernetes manifests mount the key's Secret.
 pub const DEFAULT_SECRET_FILE: &str = "/var/run/secrets/agent-access-proxy/secret";
 /// Default maximum request body: 16 MiB.
@@ -22,17 +24,76 @@ pub struct FileConfig {
     pub key: KeyConfig,
     pub policy: PolicyConfig,
     #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
     pub log: LogConfig,
 }
 
-/// Where agents connect. Set `address` or `unix_socket`, not both.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+/// Where agents connect, and the limits that protect the proxy from them.
+/// Set `address` or `unix_socket`, not both.
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenConfig {
     /// TCP address such as `127.0.0.1:8080`; the default when `unix_socket` is not set.
     pub address: Option<String>,
     /// Path of a unix socket to listen on instead of TCP.
     pub unix_socket: Option<PathBuf>,
+    /// Time an agent has to send a request's headers, in seconds.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_seconds: f64,
+    /// Maximum size of a request's headers, in bytes (at least 8192).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Requests handled at once; above it the proxy answers 503 at once.
+    #[serde(default = "default_max_requests_in_flight")]
+    pub max_requests_in_flight: usize,
+    /// Bytes of request bodies buffered at once, over all requests; a request that would
+    /// pass it gets 503 and nothing is forwarded.
+    #[serde(default = "default_max_buffered_body_bytes")]
+    pub max_buffered_body_bytes: u64,
+    /// Time in-flight requests get to finish after SIGTERM, in seconds.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout_seconds: f64,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            address: None,
+            unix_socket: None,
+            header_read_timeout_seconds: default_header_read_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+            max_requests_in_flight: default_max_requests_in_flight(),
+            max_buffered_body_bytes: default_max_buffered_body_bytes(),
+            drain_timeout_seconds: default_drain_timeout(),
+        }
+    }
+}
+
+/// The operator's listener: metrics and health checks, never the agent API.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve the admin endpoints at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// TCP address of the admin listener. In Kubernetes use `0.0.0.0:9090`, so that probes
+    /// and Prometheus reach it on the pod IP.
+    #[serde(default = "default_admin_address")]
+    pub address: String,
+    /// Serve `POST /quitquitquit`, which drains and exits, for agents run as Jobs.
+    #[serde(default)]
+    pub allow_quit: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            address: default_admin_address(),
+            allow_quit: false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -49,13 +110,23 @@ pub struct UpstreamConfig {
     /// in seconds. The body may stream for longer.
     #[serde(default = "default_response_timeout")]
     pub response_timeout_seconds: f64,
+    /// Time allowed for a whole exchange with the upstream, response body included, in
+    /// seconds. A response still streaming then is cut off.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_seconds: f64,
+    /// Time an idle pooled connection to the upstream is kept, in seconds.
+    #[serde(default = "default_pool_idle_timeout")]
+    pub pool_idle_timeout_seconds: f64,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     /// The key id, sent in `x-integration-key-id`. It is not secret.
-    pub id: String,
+    pub id: Option<String>,
+    /// File holding the key id, instead of `id`: with a mounted Secret holding both the id
+    /// and the secret, a rotation swaps both at once.
+    pub id_file: Option<PathBuf>,
     /// File holding the secret; one trailing newline is ignored. This is the default source.
     pub secret_file: Option<PathBuf>,
     /// Name of an environment variable holding the secret, instead of a file.
@@ -63,6 +134,9 @@ pub struct KeyConfig {
     /// Encoding of the signature header: `hex` (default) or `base64`.
     #[serde(default)]
     pub signature_encoding: SignatureEncoding,
+    /// How often the key files are checked for a new key, in seconds.
+    #[serde(default = "default_reload_interval")]
+    pub reload_interval_seconds: f64,
     /// Present only to reject a secret written into the configuration itself. The value is
     /// discarded unread.
     #[serde(default, skip_serializing)]
@@ -121,6 +195,46 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_admin_address() -> String {
+    DEFAULT_ADMIN_ADDRESS.to_owned()
+}
+
+fn default_header_read_timeout() -> f64 {
+    10.0
+}
+
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+
+fn default_max_requests_in_flight() -> usize {
+    1024
+}
+
+fn default_max_buffered_body_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+
+fn default_drain_timeout() -> f64 {
+    20.0
+}
+
+fn default_request_timeout() -> f64 {
+    300.0
+}
+
+fn default_pool_idle_timeout() -> f64 {
+    90.0
+}
+
+fn default_reload_interval() -> f64 {
+    5.0
 }
 
 fn default_connect_timeout() -> f64 {

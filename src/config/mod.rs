@@ -12,13 +12,15 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use http::Uri;
 
+pub use crate::secret::{KeyIdSource, KeySource, SecretSource};
 pub use file::{
-    ExtraRouteConfig, FileConfig, KeyConfig, ListenConfig, LogConfig, LogFormat, PolicyConfig,
-    UpstreamConfig, DEFAULT_LISTEN_ADDRESS, DEFAULT_MAX_BODY_BYTES, DEFAULT_SECRET_FILE,
+    AdminConfig, ExtraRouteConfig, FileConfig, KeyConfig, ListenConfig, LogConfig, LogFormat,
+    PolicyConfig, UpstreamConfig, DEFAULT_ADMIN_ADDRESS, DEFAULT_LISTEN_ADDRESS,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_SECRET_FILE,
 };
 
 use crate::policy::{check_path, Policy, Route, RouteTable, Scope, BUILT_IN_SCOPES};
-use crate::secret::{Secret, SigningKey};
+use crate::secret::SigningKey;
 use crate::signing::SignatureEncoding;
 
 /// Prefix of environment variables that override configuration keys, as in
@@ -31,10 +33,15 @@ pub struct Settings {
     pub listen: ListenAddress,
     pub upstream: UpstreamSettings,
     pub key: SigningKey,
-    pub key_source: SecretSource,
+    pub key_source: KeySource,
+    pub key_reload_interval: Duration,
     pub signature_encoding: SignatureEncoding,
     pub policy: Policy,
     pub max_body_bytes: usize,
+    pub limits: Limits,
+    /// The admin listener's address, or `None` when it is disabled.
+    pub admin: Option<SocketAddr>,
+    pub allow_quit: bool,
     pub log: LogConfig,
     /// Notes about accepted but discouraged input, logged once at start-up.
     pub warnings: Vec<String>,
@@ -57,6 +64,16 @@ impl fmt::Display for ListenAddress {
     }
 }
 
+/// Limits of the agent-facing server.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_requests_in_flight: usize,
+    pub max_buffered_body_bytes: usize,
+    pub drain_timeout: Duration,
+}
+
 /// Where the upstream API lives.
 #[derive(Clone, Debug)]
 pub struct UpstreamSettings {
@@ -67,31 +84,71 @@ pub struct UpstreamSettings {
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
-}
-
-/// Where the secret is read from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SecretSource {
-    File(PathBuf),
-    Env(String),
-}
-
-impl SecretSource {
-    pub fn load(&self) -> Result<Secret, crate::secret::SecretError> {
-        match self {
-            SecretSource::File(path) => Secret::from_file(path),
-            SecretSource::Env(name) => Secret::from_env(name),
-        }
-    }
+    pub request_timeout: Duration,
+    pub pool_idle_timeout: Duration,
 }
 
 /// A configuration that cannot be used. Each problem names the key, the value and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot load the configuration: {0}")]
-    Load(#[from] config::ConfigError),
+    Load(#[from] LoadError),
     #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Problem>),
+}
+
+/// A configuration file that cannot be read or parsed.
+///
+/// A TOML syntax error is reported by line and column without the offending text, because
+/// the text may be a secret (a secret file passed as the configuration, say).
+#[derive(Debug)]
+pub struct LoadError(String);
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+impl LoadError {
+    fn new(error: config::ConfigError, path: Option<&Path>) -> LoadError {
+        match error {
+            config::ConfigError::FileParse { cause, .. } => {
+                LoadError(describe_parse_error(cause.as_ref(), path))
+            }
+            other => LoadError(other.to_string()),
+        }
+    }
+}
+
+fn describe_parse_error(
+    cause: &(dyn std::error::Error + Send + Sync + 'static),
+    path: Option<&Path>,
+) -> String {
+    let Some(toml_error) = cause.downcast_ref::<toml::de::Error>() else {
+        return "the file is not valid TOML".to_owned();
+    };
+    let location = toml_error
+        .span()
+        .zip(path.and_then(|path| std::fs::read(path).ok()))
+        .map(|(span, text)| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.iter().filter(|byte| **byte == b'\n').count() + 1;
+            let column = before
+                .iter()
+                .rev()
+                .take_while(|byte| **byte != b'\n')
+                .count()
+                + 1;
+            format!(" at line {line}, column {column}")
+        })
+        .unwrap_or_default();
+    format!(
+        "the file is not valid TOML{location}: {}",
+        toml_error.message()
+    )
 }
 
 /// One invalid key.
@@ -130,13 +187,32 @@ pub fn load_file_with_env(
         .try_parsing(true)
         .source(environment);
 
-    let merged = builder.add_source(environment).build()?;
-    Ok(merged.try_deserialize()?)
+    let merged = builder
+        .add_source(environment)
+        .build()
+        .map_err(|error| LoadError::new(error, path))?;
+    Ok(merged
+        .try_deserialize()
+        .map_err(|error| LoadError::new(error, path))?)
 }
 
 /// Loads and validates the configuration.
 pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
     validate(load_file(path)?)
+}
+
+/// Validates a configuration given as TOML text, with no environment overrides.
+pub fn load_toml(text: &str) -> Result<Settings, ConfigError> {
+    let source = config::File::from_str(text, config::FileFormat::Toml);
+    let merged = config::Config::builder()
+        .add_source(source)
+        .build()
+        .map_err(|error| LoadError::new(error, None))?;
+    validate(
+        merged
+            .try_deserialize()
+            .map_err(|error| LoadError::new(error, None))?,
+    )
 }
 
 /// Checks every key and collects all problems, so one run shows every mistake.
@@ -145,35 +221,39 @@ pub fn validate(file: FileConfig) -> Result<Settings, ConfigError> {
     let mut warnings = Vec::new();
 
     let listen = collect(&mut problems, validate_listen(&file.listen));
+    let limits = collect(&mut problems, validate_limits(&file.listen));
+    let admin = collect(&mut problems, validate_admin(&file.admin));
     let upstream = collect(&mut problems, validate_upstream(&file.upstream));
     let key = collect(&mut problems, validate_key(&file.key));
+    let reload_interval = parse_timeout(file.key.reload_interval_seconds)
+        .map_err(|message| problem("key.reload_interval_seconds", message));
+    let key_reload_interval = collect(&mut problems, reload_interval);
     let policy = collect(&mut problems, validate_policy(&file.policy, &mut warnings));
     let max_body_bytes = collect(&mut problems, validate_max_body(file.policy.max_body_bytes));
     if let Err(problem) = validate_log(&file.log) {
         problems.push(problem);
     }
-
-    match (listen, upstream, key, policy, max_body_bytes) {
-        (
-            Some(listen),
-            Some(upstream),
-            Some((key, key_source)),
-            Some(policy),
-            Some(max_body_bytes),
-        ) if problems.is_empty() => Ok(Settings {
-            listen,
-            upstream,
-            key,
-            key_source,
-            signature_encoding: file.key.signature_encoding,
-            policy,
-            max_body_bytes,
-            log: file.log.clone(),
-            warnings,
-            effective: file,
-        }),
-        _ => Err(ConfigError::Invalid(problems)),
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(problems));
     }
+
+    let (key, key_source) = key.expect("no problems means the key loaded");
+    Ok(Settings {
+        listen: listen.expect("validated"),
+        upstream: upstream.expect("validated"),
+        key,
+        key_source,
+        key_reload_interval: key_reload_interval.expect("validated"),
+        signature_encoding: file.key.signature_encoding,
+        policy: policy.expect("validated"),
+        max_body_bytes: max_body_bytes.expect("validated"),
+        limits: limits.expect("validated"),
+        admin: admin.expect("validated"),
+        allow_quit: file.admin.allow_quit,
+        log: file.log.clone(),
+        warnings,
+        effective: file,
+    })
 }
 
 fn collect<T>(problems: &mut Vec<Problem>, result: Result<T, Vec<Problem>>) -> Option<T> {
@@ -216,6 +296,76 @@ fn validate_listen(listen: &ListenConfig) -> Result<ListenAddress, Vec<Problem>>
     }
 }
 
+fn validate_limits(listen: &ListenConfig) -> Result<Limits, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut seconds = |key: &'static str, value: f64| match parse_timeout(value) {
+        Ok(duration) => duration,
+        Err(message) => {
+            problems.extend(problem(key, message));
+            Duration::ZERO
+        }
+    };
+    let header_read_timeout = seconds(
+        "listen.header_read_timeout_seconds",
+        listen.header_read_timeout_seconds,
+    );
+    let drain_timeout = seconds("listen.drain_timeout_seconds", listen.drain_timeout_seconds);
+
+    if !(8192..=1 << 20).contains(&listen.max_header_bytes) {
+        problems.extend(problem(
+            "listen.max_header_bytes",
+            format!(
+                "{} is out of range; give a size in bytes from 8192 to 1048576",
+                listen.max_header_bytes
+            ),
+        ));
+    }
+    if listen.max_requests_in_flight == 0 {
+        problems.extend(problem(
+            "listen.max_requests_in_flight",
+            "0 would reject every request; give a positive number such as 1024",
+        ));
+    }
+    let budget = usize::try_from(listen.max_buffered_body_bytes)
+        .ok()
+        .filter(|bytes| *bytes > 0);
+    if budget.is_none() {
+        problems.extend(problem(
+            "listen.max_buffered_body_bytes",
+            format!(
+                "{} is out of range; give a positive size in bytes",
+                listen.max_buffered_body_bytes
+            ),
+        ));
+    }
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Limits {
+        header_read_timeout,
+        max_header_bytes: listen.max_header_bytes,
+        max_requests_in_flight: listen.max_requests_in_flight,
+        max_buffered_body_bytes: budget.unwrap_or_default(),
+        drain_timeout,
+    })
+}
+
+fn validate_admin(admin: &AdminConfig) -> Result<Option<SocketAddr>, Vec<Problem>> {
+    if !admin.enabled {
+        return Ok(None);
+    }
+    admin.address.parse().map(Some).map_err(|_| {
+        problem(
+            "admin.address",
+            format!(
+                "'{}' is not an IP address with a port; write it as 127.0.0.1:9090",
+                admin.address
+            ),
+        )
+    })
+}
+
 fn validate_upstream(upstream: &UpstreamConfig) -> Result<UpstreamSettings, Vec<Problem>> {
     let mut problems = Vec::new();
     let base = parse_base_url(&upstream.url).map_err(|message| problem("upstream.url", message));
@@ -223,6 +373,10 @@ fn validate_upstream(upstream: &UpstreamConfig) -> Result<UpstreamSettings, Vec<
         .map_err(|message| problem("upstream.connect_timeout_seconds", message));
     let response_timeout = parse_timeout(upstream.response_timeout_seconds)
         .map_err(|message| problem("upstream.response_timeout_seconds", message));
+    let request_timeout = parse_timeout(upstream.request_timeout_seconds)
+        .map_err(|message| problem("upstream.request_timeout_seconds", message));
+    let pool_idle_timeout = parse_timeout(upstream.pool_idle_timeout_seconds)
+        .map_err(|message| problem("upstream.pool_idle_timeout_seconds", message));
     if let Some(path) = &upstream.ca_file {
         if let Err(error) = std::fs::metadata(path) {
             problems.extend(problem(
@@ -238,21 +392,23 @@ fn validate_upstream(upstream: &UpstreamConfig) -> Result<UpstreamSettings, Vec<
     let base = collect(&mut problems, base);
     let connect_timeout = collect(&mut problems, connect_timeout);
     let response_timeout = collect(&mut problems, response_timeout);
-    match (base, connect_timeout, response_timeout) {
-        (Some((scheme, authority, path_prefix)), Some(connect_timeout), Some(response_timeout))
-            if problems.is_empty() =>
-        {
-            Ok(UpstreamSettings {
-                scheme,
-                authority,
-                path_prefix,
-                ca_file: upstream.ca_file.clone(),
-                connect_timeout,
-                response_timeout,
-            })
-        }
-        _ => Err(problems),
+    let request_timeout = collect(&mut problems, request_timeout);
+    let pool_idle_timeout = collect(&mut problems, pool_idle_timeout);
+    if !problems.is_empty() {
+        return Err(problems);
     }
+
+    let (scheme, authority, path_prefix) = base.expect("validated");
+    Ok(UpstreamSettings {
+        scheme,
+        authority,
+        path_prefix,
+        ca_file: upstream.ca_file.clone(),
+        connect_timeout: connect_timeout.expect("validated"),
+        response_timeout: response_timeout.expect("validated"),
+        request_timeout: request_timeout.expect("validated"),
+        pool_idle_timeout: pool_idle_timeout.expect("validated"),
+    })
 }
 
 /// Splits a base URL into scheme, authority and path prefix.
@@ -268,11 +424,11 @@ pub fn parse_base_url(url: &str) -> Result<(Scheme, Authority, String), String> 
         _ => return Err(format!("'{url}' must use http or https; {fix}")),
     };
     let authority = match uri.authority() {
-        Some(authority) if !authority.as_str().contains('@') && !authority.host().is_empty() => {
-            authority.clone()
+        Some(authority) if authority.as_str().contains('@') => {
+            return Err(format!("'{url}' must not contain user information; {fix}"))
         }
-        Some(_) => return Err(format!("'{url}' must not contain user information; {fix}")),
-        None => return Err(format!("'{url}' has no host; {fix}")),
+        Some(authority) if !authority.host().is_empty() => authority.clone(),
+        _ => return Err(format!("'{url}' has no host; {fix}")),
     };
     if uri.query().is_some() || url.contains('#') {
         return Err(format!("'{url}' must not have a query or fragment; {fix}"));
@@ -296,7 +452,7 @@ fn parse_timeout(seconds: f64) -> Result<Duration, String> {
     }
 }
 
-fn validate_key(key: &KeyConfig) -> Result<(SigningKey, SecretSource), Vec<Problem>> {
+fn validate_key(key: &KeyConfig) -> Result<(SigningKey, KeySource), Vec<Problem>> {
     let mut problems = Vec::new();
     if key.secret.is_some() {
         problems.extend(problem(
@@ -304,37 +460,74 @@ fn validate_key(key: &KeyConfig) -> Result<(SigningKey, SecretSource), Vec<Probl
             "a secret is never read from the configuration; put it in a file (key.secret_file) or an environment variable (key.secret_env)",
         ));
     }
-    if let Err(message) = validate_key_id(&key.id) {
-        problems.extend(problem("key.id", message));
-    }
 
-    let source = match (&key.secret_file, &key.secret_env) {
-        (Some(_), Some(_)) => {
-            problems.extend(problem(
-                "key",
-                "both key.secret_file and key.secret_env are set; keep one of them",
-            ));
-            return Err(problems);
-        }
-        (_, Some(name)) => SecretSource::Env(name.clone()),
-        (Some(path), None) => SecretSource::File(path.clone()),
-        (None, None) => SecretSource::File(PathBuf::from(DEFAULT_SECRET_FILE)),
+    let id = match (&key.id, &key.id_file) {
+        (Some(_), Some(_)) => Err(problem(
+            "key",
+            "both key.id and key.id_file are set; keep one of them",
+        )),
+        (None, None) => Err(problem(
+            "key.id",
+            "the key id is missing; set key.id to the id shown with the key, or key.id_file",
+        )),
+        (Some(id), None) => validate_key_id(id)
+            .map(|()| KeyIdSource::Inline(id.clone()))
+            .map_err(|message| problem("key.id", message)),
+        (None, Some(path)) => Ok(KeyIdSource::File(path.clone())),
+    };
+    let secret = match (&key.secret_file, &key.secret_env) {
+        (Some(_), Some(_)) => Err(problem("key", "both key.secret_file and key.secret_env are set; keep one of them")),
+        (_, Some(name)) if is_env_name(name) => Ok(SecretSource::Env(name.clone())),
+        // The value is not echoed: a secret pasted here by mistake must not reach the logs.
+        (_, Some(_)) => Err(problem("key.secret_env", "the value is not an environment variable name (letters, digits and '_', not starting with a digit); give the variable's name, not the secret")),
+        (Some(path), None) => Ok(SecretSource::File(path.clone())),
+        (None, None) => Ok(SecretSource::File(PathBuf::from(DEFAULT_SECRET_FILE))),
     };
 
+    let id = collect(&mut problems, id);
+    let secret = collect(&mut problems, secret);
+    let (Some(id), Some(secret)) = (id, secret) else {
+        return Err(problems);
+    };
+    let source = KeySource { id, secret };
     match source.load() {
-        Ok(secret) if problems.is_empty() => Ok((
-            SigningKey {
-                id: key.id.clone(),
-                secret,
-            },
-            source,
-        )),
+        Ok(signing_key) if problems.is_empty() => Ok((signing_key, source)),
         Ok(_) => Err(problems),
         Err(error) => {
-            let (name, message) = describe_secret_error(&source, &error);
-            problems.extend(problem(name, message));
+            problems.extend(problem(
+                key_error_name(&error),
+                format!("{error}; {}", key_error_fix(&error)),
+            ));
             Err(problems)
         }
+    }
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|first| first.is_ascii_alphabetic() || first == b'_')
+        && bytes.all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
+}
+
+fn key_error_name(error: &crate::secret::KeyError) -> &'static str {
+    use crate::secret::KeyError;
+    match error {
+        KeyError::IdFile { .. } => "key.id_file",
+        KeyError::SecretFile { .. } | KeyError::Torn => "key.secret_file",
+        KeyError::SecretEnv { .. } => "key.secret_env",
+    }
+}
+
+fn key_error_fix(error: &crate::secret::KeyError) -> &'static str {
+    use crate::secret::KeyError;
+    match error {
+        KeyError::IdFile { .. } => "mount the key id there or set key.id",
+        KeyError::SecretFile { .. } | KeyError::Torn => {
+            "mount the key's secret there or set key.secret_file"
+        }
+        KeyError::SecretEnv { .. } => "export the secret in that variable or use key.secret_file",
     }
 }
 
@@ -347,25 +540,6 @@ pub fn validate_key_id(id: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-fn describe_secret_error(
-    source: &SecretSource,
-    error: &crate::secret::SecretError,
-) -> (&'static str, String) {
-    match source {
-        SecretSource::File(path) => (
-            "key.secret_file",
-            format!(
-                "'{}': {error}; mount the key's secret there or set key.secret_file",
-                path.display()
-            ),
-        ),
-        SecretSource::Env(name) => (
-            "key.secret_env",
-            format!("${name}: {error}; export the secret in that variable or use key.secret_file"),
-        ),
-    }
 }
 
 fn validate_policy(

@@ -8,6 +8,7 @@ mod routes;
 mod target;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use http::Method;
 
@@ -34,17 +35,32 @@ pub enum Denial {
     )]
     ScopeNotAllowed {
         method: String,
-        route: String,
-        scope: String,
+        route: Arc<str>,
+        scope: Arc<str>,
     },
     #[error("workspace '{requested}' is not the workspace this proxy is pinned to")]
-    OtherWorkspace { requested: String },
+    OtherWorkspace {
+        requested: String,
+        route: Arc<str>,
+        scope: Arc<str>,
+    },
 }
 
 /// A request the policy allows, with the route it matched.
 #[derive(Debug)]
 pub struct Allowed<'a> {
     pub route: &'a Route,
+}
+
+impl Denial {
+    /// Returns the route template and scope of a denial that matched a route.
+    pub fn matched_route(&self) -> Option<(Arc<str>, Arc<str>)> {
+        match self {
+            Denial::ScopeNotAllowed { route, scope, .. }
+            | Denial::OtherWorkspace { route, scope, .. } => Some((route.clone(), scope.clone())),
+            Denial::InvalidTarget(_) | Denial::UnknownRoute { .. } => None,
+        }
+    }
 }
 
 impl Policy {
@@ -73,13 +89,15 @@ impl Policy {
         if workspace != self.workspace {
             return Err(Denial::OtherWorkspace {
                 requested: workspace.to_owned(),
+                route: route.template.clone(),
+                scope: route.scope.name(),
             });
         }
         if !self.scopes.contains(&route.scope) {
             return Err(Denial::ScopeNotAllowed {
                 method: route.method.to_string(),
                 route: route.template.clone(),
-                scope: route.scope.to_string(),
+                scope: route.scope.name(),
             });
         }
         Ok(Allowed { route })
@@ -102,7 +120,9 @@ mod tests {
     fn decision_table() {
         let policy = policy(&["env:read", "artifacts:write"]);
         let ok = |m: Method, p: &str, q: Option<&str>| {
-            policy.decide(&m, p, q).map(|a| a.route.template.clone())
+            policy
+                .decide(&m, p, q)
+                .map(|a| a.route.template.to_string())
         };
 
         assert!(ok(
@@ -126,11 +146,11 @@ mod tests {
 
         assert!(matches!(
             ok(Method::POST, "/agent-api/v1/workspaces/ws_demo/files/fn_1/proposals", None),
-            Err(Denial::ScopeNotAllowed { ref scope, .. }) if scope == "files:propose"
+            Err(Denial::ScopeNotAllowed { ref scope, .. }) if &**scope == "files:propose"
         ));
         assert!(matches!(
             ok(Method::GET, "/agent-api/v1/workspaces/ws_other/environment", None),
-            Err(Denial::OtherWorkspace { ref requested }) if requested == "ws_other"
+            Err(Denial::OtherWorkspace { ref requested, .. }) if requested == "ws_other"
         ));
         assert!(matches!(
             ok(

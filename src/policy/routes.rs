@@ -1,12 +1,13 @@
 //! The route table: which method and path template needs which scope.
 
 use std::fmt;
+use std::sync::Arc;
 
 use http::Method;
 
 /// A permission of an Agent Access key, such as `env:read`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Scope(String);
+pub struct Scope(Arc<str>);
 
 /// The scopes the API documents today.
 pub const BUILT_IN_SCOPES: [&str; 4] = [
@@ -27,7 +28,7 @@ impl Scope {
     /// known is the route table's concern.
     pub fn parse(name: &str) -> Result<(Scope, bool), String> {
         if let Some((_, canonical)) = SCOPE_ALIASES.iter().find(|(alias, _)| *alias == name) {
-            return Ok((Scope((*canonical).to_owned()), true));
+            return Ok((Scope(Arc::from(*canonical)), true));
         }
 
         let valid_part = |part: &str| {
@@ -38,7 +39,7 @@ impl Scope {
         };
         match name.split_once(':') {
             Some((resource, action)) if valid_part(resource) && valid_part(action) => {
-                Ok((Scope(name.to_owned()), false))
+                Ok((Scope(Arc::from(name)), false))
             }
             _ => Err(format!(
                 "'{name}' is not a scope name; scopes look like 'env:read' (resource:action)"
@@ -48,6 +49,11 @@ impl Scope {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Returns the name as a shared string, cheap to clone into a request's record.
+    pub fn name(&self) -> Arc<str> {
+        self.0.clone()
     }
 }
 
@@ -73,7 +79,7 @@ pub struct Route {
     pub method: Method,
     /// The template as written, such as `/agent-api/v1/workspaces/{ws}/files/{node}`.
     /// It is also the `route` label of metrics and logs, because it is bounded.
-    pub template: String,
+    pub template: Arc<str>,
     pub scope: Scope,
     segments: Vec<Segment>,
     workspace_index: usize,
@@ -132,7 +138,7 @@ impl Route {
 
         Ok(Route {
             method,
-            template: template.to_owned(),
+            template: Arc::from(template),
             scope,
             segments,
             workspace_index,
@@ -274,7 +280,7 @@ mod tests {
 
     fn lookup_template(table: &RouteTable, method: Method, path: &str) -> Option<String> {
         match table.lookup(&method, &segments(path)) {
-            Lookup::Found { route, .. } => Some(route.template.clone()),
+            Lookup::Found { route, .. } => Some(route.template.to_string()),
             Lookup::NotFound => None,
         }
     }
@@ -363,11 +369,11 @@ mod tests {
     fn scope_alias_is_normalised() {
         assert_eq!(
             Scope::parse("events.write").unwrap(),
-            (Scope("events:write".into()), true)
+            (Scope(Arc::from("events:write")), true)
         );
         assert_eq!(
             Scope::parse("env:read").unwrap(),
-            (Scope("env:read".into()), false)
+            (Scope(Arc::from("env:read")), false)
         );
         assert!(Scope::parse("env").is_err());
         assert!(Scope::parse("Env:Read").is_err());

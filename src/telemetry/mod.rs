@@ -1,5 +1,7 @@
 //! Logging set-up.
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
@@ -12,6 +14,7 @@ pub fn init_logging(log: &LogConfig) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
 
     // A second call (as in tests that start several proxies) keeps the first subscriber.
@@ -20,3 +23,8 @@ pub fn init_logging(log: &LogConfig) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+pub mod metrics;
+mod rate_limit;
+
+pub use rate_limit::RateLimiter;
