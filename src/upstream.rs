@@ -19,9 +19,6 @@ use rustls_pki_types::CertificateDer;
 use crate::config::UpstreamSettings;
 use crate::error::ProxyError;
 
-/// How long an idle pooled connection to the upstream is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
 /// A pooled client for the upstream API.
 #[derive(Clone)]
 pub struct UpstreamClient {
@@ -62,7 +59,7 @@ impl UpstreamClient {
 
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_idle_timeout(settings.pool_idle_timeout)
             .timer(TokioTimer::new())
             .build(connector);
 
