@@ -14,7 +14,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// What `/readyz` reports.
+/// The state that `/readyz` reports.
 #[derive(Default)]
 pub struct Health {
     serving: AtomicBool,

@@ -22,7 +22,7 @@ use crate::upstream::ClientError;
 /// How often the Prometheus recorder's histograms are maintained.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Why the proxy could not start. Each message names the configuration key to fix.
+/// An error starting the proxy. Each message names the configuration key to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]

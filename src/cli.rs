@@ -83,8 +83,8 @@ pub struct DemoArgs {
     pub workspace: String,
 }
 
-/// Where a command that needs a secret reads it. Never from an argument, because process
-/// arguments are visible to every user of the machine.
+/// The secret source of a command that needs one. It is never an argument, because
+/// process arguments are visible to every user of the machine.
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 struct SecretArgs {

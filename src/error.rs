@@ -1,4 +1,4 @@
-//! Errors the proxy answers itself, and the one place that turns them into responses.
+//! Errors the proxy responds with itself, and the one place that turns them into responses.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -11,7 +11,7 @@ use crate::telemetry::metrics::Outcome;
 /// code, so an agent can tell a proxy denial from an upstream error without parsing the body.
 pub const PROXY_ERROR_HEADER: &str = "x-agent-access-proxy-error";
 
-/// Which side caused a failure, for logs and for choosing between 4xx and 5xx.
+/// The side that caused a failure, for logs and for choosing between 4xx and 5xx.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
     Agent,
@@ -19,7 +19,7 @@ pub enum Side {
     Proxy,
 }
 
-/// A request the proxy answered itself instead of forwarding.
+/// An error the proxy responds with instead of forwarding the request.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error(transparent)]
@@ -53,7 +53,7 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    /// The stable error code, documented in the README.
+    /// Returns the stable error code, documented in the README.
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::Denied(Denial::InvalidTarget(_)) => "invalid_target",
@@ -101,7 +101,7 @@ impl ProxyError {
         }
     }
 
-    /// The `outcome` label of metrics and logs.
+    /// Returns the `outcome` label of metrics and logs.
     pub fn outcome(&self) -> Outcome {
         match self {
             ProxyError::Denied(Denial::UnknownRoute { .. }) => Outcome::DeniedRoute,

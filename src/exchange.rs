@@ -1,5 +1,5 @@
 //! The record of one agent request, finished exactly once: when the response body ends,
-//! when the proxy answers with its own error, or when the agent goes away first.
+//! when the proxy responds with its own error, or when the agent goes away first.
 //!
 //! Finishing writes the request's log line and metrics together, so the two always agree.
 
@@ -81,7 +81,7 @@ impl Exchange {
         self.emit(outcome, status, None);
     }
 
-    /// Finishes a request the proxy answered itself.
+    /// Finishes a request that the proxy responded to itself.
     pub fn fail(&mut self, error: &ProxyError) {
         self.emit(error.outcome(), error.status().as_u16(), Some(error));
     }
@@ -126,8 +126,8 @@ impl Exchange {
 }
 
 impl Drop for Exchange {
-    /// A request dropped before it finished lost its agent: the connection closed while
-    /// the proxy waited for the upstream or streamed the response.
+    /// Finishes the request as `client_aborted`, because a request dropped before it
+    /// finished lost its agent while the proxy waited for the upstream or streamed.
     fn drop(&mut self) {
         let status = self.upstream_status.unwrap_or(0);
         self.emit(Outcome::ClientAborted, status, None);

@@ -37,7 +37,7 @@ const CLOCK_SKEW_WARNING_SECONDS: f64 = 30.0;
 /// Interval between repeats of the same warning.
 const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
-/// What the proxy may sign, swapped as one unit when the configuration is reloaded.
+/// The policy and limits of signing, swapped as one unit when the configuration is reloaded.
 #[derive(Debug)]
 pub struct Rules {
     pub policy: Policy,
@@ -176,8 +176,8 @@ impl Proxy {
         exchange.set_body_bytes(body.bytes.len());
         metrics::record_body(exchange.route(), body.bytes.len());
 
-        // The reservation is held until the upstream answers, because the body stays in
-        // memory until then; it is released before the response streams.
+        // The reservation is held until the upstream responds, because the body stays in
+        // memory until then. It is released before the response streams.
         let BufferedBody {
             bytes,
             sha256,
@@ -192,8 +192,8 @@ impl Proxy {
         Ok(response)
     }
 
-    /// Sends the request; a GET or HEAD whose connection failed before any response byte
-    /// is signed again with a fresh timestamp and nonce and sent once more.
+    /// Sends the request. A GET or HEAD whose connection failed before any response byte
+    /// is signed again, with a fresh timestamp and nonce, and sent once more.
     async fn send_with_retry(
         &self,
         unsigned: &Unsigned,
@@ -257,7 +257,7 @@ impl Proxy {
         let stripped = remove_signing_headers(&mut headers);
         exchange.set_stripped_headers(stripped);
         metrics::record_stripped_headers(stripped);
-        // The client sets Host from the upstream URL. Expect was answered by this proxy
+        // The client sets Host from the upstream URL. This proxy has handled Expect
         // already, and Content-Length is set from the buffered body.
         headers.remove(header::HOST);
         headers.remove(header::EXPECT);
@@ -368,7 +368,7 @@ fn clock_skew(headers: &HeaderMap) -> Option<f64> {
     })
 }
 
-/// Rejects requests that must never be forwarded, whatever the policy says.
+/// Rejects requests that must never be forwarded, whatever the policy allows.
 fn reject_unsupported(request: &Request<Incoming>) -> Result<(), ProxyError> {
     if request.method() == Method::CONNECT {
         return Err(ProxyError::Connect);

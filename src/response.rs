@@ -12,7 +12,7 @@ use tokio::time::Sleep;
 use crate::exchange::Exchange;
 use crate::telemetry::metrics::{self, Outcome};
 
-/// Why a response stream was cut off.
+/// The reason a response stream was cut off.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     #[error("the upstream response did not finish within the request timeout")]

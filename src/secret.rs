@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 #[derive(Clone)]
 pub struct Secret(Zeroizing<Vec<u8>>);
 
-/// What `Debug` and `Display` print in place of a secret.
+/// Placeholder that `Debug` and `Display` print in place of a secret.
 pub const REDACTED: &str = "[redacted]";
 
 impl Secret {
@@ -68,7 +68,7 @@ impl fmt::Display for Secret {
     }
 }
 
-/// Why a secret could not be loaded. The messages never contain secret bytes.
+/// An error loading a secret. The messages never contain secret bytes.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("the secret is empty")]
@@ -96,28 +96,28 @@ impl PartialEq for Secret {
 
 impl Eq for Secret {}
 
-/// Where the secret is read from.
+/// The source of the secret: a file or an environment variable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SecretSource {
     File(PathBuf),
     Env(String),
 }
 
-/// Where the key id is read from.
+/// The source of the key id: the configuration or a file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyIdSource {
     Inline(String),
     File(PathBuf),
 }
 
-/// Where a whole key comes from; read again on every reload.
+/// The sources of a whole key, read again on every reload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeySource {
     pub id: KeyIdSource,
     pub secret: SecretSource,
 }
 
-/// Why a key could not be loaded. The messages never contain secret bytes.
+/// An error loading a key. The messages never contain secret bytes.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("key id file '{path}': {message}")]

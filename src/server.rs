@@ -36,7 +36,7 @@ impl Drop for UnixSocketFile {
     }
 }
 
-/// Why the listener could not be bound. The message names the key and the fix.
+/// An error binding the listener. The message names the key and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
     #[error("listen.address: cannot listen on {address}: {source}; stop the other process using it or choose another address")]

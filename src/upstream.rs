@@ -26,7 +26,7 @@ pub struct UpstreamClient {
     response_timeout: Duration,
 }
 
-/// Why the client could not be built.
+/// An error building the upstream client.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("upstream.ca_file: cannot read CA certificates from '{path}': {message}; give a PEM file with at least one certificate")]

@@ -29,7 +29,7 @@ pub struct FileConfig {
     pub log: LogConfig,
 }
 
-/// Where agents connect, and the limits that protect the proxy from them.
+/// The agent-facing listener and the limits that protect the proxy from agents.
 /// Set `address` or `unix_socket`, not both.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -44,7 +44,7 @@ pub struct ListenConfig {
     /// Maximum size of a request's headers, in bytes (at least 8192).
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
-    /// Requests handled at once; above it the proxy answers 503 at once.
+    /// Requests handled at once. Above it the proxy responds 503 at once.
     #[serde(default = "default_max_requests_in_flight")]
     pub max_requests_in_flight: usize,
     /// Bytes of request bodies buffered at once, over all requests; a request that would

@@ -45,7 +45,7 @@ pub struct Settings {
     pub log: LogConfig,
     /// Notes about accepted but discouraged input, logged once at start-up.
     pub warnings: Vec<String>,
-    /// The file-level view, for `check-config`. It holds no secret.
+    /// The file-level view, for `check-config`. It contains no secret.
     pub effective: FileConfig,
 }
 
@@ -74,7 +74,7 @@ pub struct Limits {
     pub drain_timeout: Duration,
 }
 
-/// Where the upstream API lives.
+/// The upstream API's address and timeouts.
 #[derive(Clone, Debug)]
 pub struct UpstreamSettings {
     pub scheme: Scheme,

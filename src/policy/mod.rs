@@ -23,7 +23,7 @@ pub struct Policy {
     pub routes: RouteTable,
 }
 
-/// Why a request is denied.
+/// The reason a request is denied.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Denial {
     #[error("invalid request target: {0}")]

@@ -208,7 +208,7 @@ fn parse_template_segment(template: &str, raw: &str) -> Result<Segment, String> 
     Ok(Segment::Literal(raw.to_owned()))
 }
 
-/// The routes a proxy knows: the built-in table followed by the configured extra routes.
+/// The route table: the built-in routes followed by the configured extra routes.
 #[derive(Clone, Debug)]
 pub struct RouteTable {
     routes: Vec<Route>,

@@ -3,7 +3,7 @@
 //!
 //! It serves the seven endpoints on a listener it is given, verifies every request as a
 //! strict server would (the four headers, a known key, a timestamp within ±300 s, an unused
-//! nonce, the body hash and the HMAC), answers 401 with a JSON reason on failure, and keeps
+//! nonce, the body hash and the HMAC), responds 401 with a JSON reason on failure, and keeps
 //! what agents write in memory. `GET /_stand-in/state` returns what was written, unsigned,
 //! so scripts can check an agent's run.
 
@@ -315,7 +315,7 @@ impl StandIn {
     }
 }
 
-/// Parses a JSON request body and passes it on, or answers 400.
+/// Parses a JSON request body and passes it on, or responds 400.
 fn with_json<T: serde::de::DeserializeOwned>(
     body: &[u8],
     handle: impl FnOnce(T) -> Response<Full<Bytes>>,

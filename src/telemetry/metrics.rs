@@ -41,7 +41,7 @@ const BODY_BUCKETS: [f64; 10] = [
     0.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
 ];
 
-/// What happened to a request; the `outcome` label.
+/// The result of a request: the `outcome` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Forwarded,

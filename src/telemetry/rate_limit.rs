@@ -19,7 +19,7 @@ impl RateLimiter {
     }
 
     /// Returns `Some(suppressed)` when a message for `key` may be logged now, with the
-    /// number of messages held back since the last one; `None` when it must be held back.
+    /// number of messages held back since the last one. Returns `None` otherwise.
     pub fn check(&self, key: &'static str) -> Option<u64> {
         let now = Instant::now();
         let mut last = self.last.lock().expect("rate limiter lock");
