@@ -187,6 +187,10 @@ pub fn main() -> ExitCode {
             return exit.into();
         }
     };
+    // Before any command can load a secret.
+    if let Err(error) = crate::hardening::harden_process() {
+        eprintln!("warning: cannot disable core dumps or mark the process non-dumpable: {error}; the secret is less protected from other processes of this user");
+    }
     let exit = match cli.command {
         Command::Run(args) => run(&args.config),
         Command::Demo(args) => block_on(crate::demo::run(args)),

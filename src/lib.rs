@@ -26,6 +26,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod exchange;
+pub mod hardening;
 pub mod headers;
 pub mod policy;
 pub mod proxy;

@@ -5,6 +5,7 @@
 //! blocking polls while the in-process upstream must keep serving.
 
 mod client;
+mod hardening;
 mod limits;
 mod metrics;
 mod process;
