@@ -34,6 +34,8 @@ pub enum ProxyError {
     BodyTooLarge { limit: usize },
     #[error("the request body could not be read: {0}")]
     BodyRead(#[source] hyper::Error),
+    #[error("the request body did not arrive within {0:?}; send the body without pauses")]
+    BodyReadTimeout(std::time::Duration),
     #[error("the proxy is handling {limit} requests already; retry shortly")]
     Overloaded { limit: usize },
     #[error("the proxy's buffer for request bodies ({budget} bytes over all requests) is full; retry shortly")]
@@ -65,6 +67,7 @@ impl ProxyError {
             ProxyError::Upgrade => "upgrade_not_supported",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BodyRead(_) => "body_read_failed",
+            ProxyError::BodyReadTimeout(_) => "body_read_timeout",
             ProxyError::Overloaded { .. } => "overloaded",
             ProxyError::BodyBudgetExhausted { .. } => "body_budget_exhausted",
             ProxyError::UpstreamUnavailable(_) => "upstream_unavailable",
@@ -87,6 +90,7 @@ impl ProxyError {
             ProxyError::Denied(_) => StatusCode::FORBIDDEN,
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyReadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             // The proxy is at a limit; the agent should retry after Retry-After.
             ProxyError::Overloaded { .. } | ProxyError::BodyBudgetExhausted { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -112,7 +116,7 @@ impl ProxyError {
             | ProxyError::AbsoluteForm
             | ProxyError::Upgrade => Outcome::InvalidRequest,
             ProxyError::BodyTooLarge { .. } => Outcome::BodyTooLarge,
-            ProxyError::BodyRead(_) => Outcome::ClientAborted,
+            ProxyError::BodyRead(_) | ProxyError::BodyReadTimeout(_) => Outcome::ClientAborted,
             ProxyError::Overloaded { .. } | ProxyError::BodyBudgetExhausted { .. } => {
                 Outcome::Overloaded
             }

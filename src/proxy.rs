@@ -54,6 +54,7 @@ pub struct Proxy {
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
     body_budget: BodyBudget,
+    body_read_timeout: Duration,
     warnings: RateLimiter,
 }
 
@@ -85,6 +86,7 @@ impl Proxy {
             in_flight: Arc::new(Semaphore::new(settings.limits.max_requests_in_flight)),
             max_in_flight: settings.limits.max_requests_in_flight,
             body_budget: BodyBudget::new(settings.limits.max_buffered_body_bytes),
+            body_read_timeout: settings.limits.body_read_timeout,
             warnings: RateLimiter::new(WARNING_INTERVAL),
         }))
     }
@@ -172,7 +174,10 @@ impl Proxy {
         let allowed = decision?;
         exchange.set_route(allowed.route.template.clone(), allowed.route.scope.name());
 
-        let body = read_limited(body, rules.max_body_bytes, &self.body_budget).await?;
+        let reading = read_limited(body, rules.max_body_bytes, &self.body_budget);
+        let body = tokio::time::timeout(self.body_read_timeout, reading)
+            .await
+            .map_err(|_| ProxyError::BodyReadTimeout(self.body_read_timeout))??;
         exchange.set_body_bytes(body.bytes.len());
         metrics::record_body(exchange.route(), body.bytes.len());
 

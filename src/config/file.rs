@@ -41,6 +41,9 @@ pub struct ListenConfig {
     /// Time an agent has to send a request's headers, in seconds.
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout_seconds: f64,
+    /// Time an agent has to send a whole request body once its headers arrived, in seconds.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout_seconds: f64,
     /// Maximum size of a request's headers, in bytes (at least 8192).
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
@@ -62,6 +65,7 @@ impl Default for ListenConfig {
             address: None,
             unix_socket: None,
             header_read_timeout_seconds: default_header_read_timeout(),
+            body_read_timeout_seconds: default_body_read_timeout(),
             max_header_bytes: default_max_header_bytes(),
             max_requests_in_flight: default_max_requests_in_flight(),
             max_buffered_body_bytes: default_max_buffered_body_bytes(),
@@ -203,6 +207,10 @@ fn default_true() -> bool {
 
 fn default_admin_address() -> String {
     DEFAULT_ADMIN_ADDRESS.to_owned()
+}
+
+fn default_body_read_timeout() -> f64 {
+    60.0
 }
 
 fn default_header_read_timeout() -> f64 {

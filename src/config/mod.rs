@@ -68,6 +68,7 @@ impl fmt::Display for ListenAddress {
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_requests_in_flight: usize,
     pub max_buffered_body_bytes: usize,
@@ -309,6 +310,10 @@ fn validate_limits(listen: &ListenConfig) -> Result<Limits, Vec<Problem>> {
         "listen.header_read_timeout_seconds",
         listen.header_read_timeout_seconds,
     );
+    let body_read_timeout = seconds(
+        "listen.body_read_timeout_seconds",
+        listen.body_read_timeout_seconds,
+    );
     let drain_timeout = seconds("listen.drain_timeout_seconds", listen.drain_timeout_seconds);
 
     if !(8192..=1 << 20).contains(&listen.max_header_bytes) {
@@ -344,6 +349,7 @@ fn validate_limits(listen: &ListenConfig) -> Result<Limits, Vec<Problem>> {
     }
     Ok(Limits {
         header_read_timeout,
+        body_read_timeout,
         max_header_bytes: listen.max_header_bytes,
         max_requests_in_flight: listen.max_requests_in_flight,
         max_buffered_body_bytes: budget.unwrap_or_default(),

@@ -239,3 +239,35 @@ async fn post_never_retried() {
     );
     assert_eq!(seen.nonces.lock().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upload_times_out_with_408() {
+    let (url, seen) = upstream::start(Behaviour {
+        delay: Duration::ZERO,
+        drop_first: 0,
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = ProxyProcess::start(&write_config(
+        dir.path(),
+        &url,
+        &[("listen", "body_read_timeout_seconds = 0.5")],
+    ));
+    let path = api("artifacts");
+
+    let mut slow = TcpStream::connect(proxy.listen).await.unwrap();
+    let head =
+        format!("POST {path} HTTP/1.1\r\nhost: proxy\r\ncontent-length: 100\r\n\r\n{{\"title\":");
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let mut response = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut response)).await;
+
+    let count = read.expect("the proxy responds within 10 s").unwrap();
+    let response = String::from_utf8_lossy(&response[..count]);
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains("body_read_timeout"), "{response}");
+    assert!(
+        seen.nonces.lock().unwrap().is_empty(),
+        "nothing was forwarded"
+    );
+}
