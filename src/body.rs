@@ -113,9 +113,10 @@ pub async fn read_limited(
 
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(ProxyError::BodyRead)?;
-        // Trailers are not part of the signed content, so they are not forwarded.
+        // Trailers are outside the signed content, so forwarding them would send unsigned
+        // data, and dropping them silently would lose it: the request is rejected.
         let Ok(data) = frame.into_data() else {
-            continue;
+            return Err(ProxyError::TrailersNotSupported);
         };
 
         let length = buffer.len() + data.len();

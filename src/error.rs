@@ -34,6 +34,8 @@ pub enum ProxyError {
     BodyTooLarge { limit: usize },
     #[error("the request body could not be read: {0}")]
     BodyRead(#[source] hyper::Error),
+    #[error("request trailers are not supported, because the signature covers only the body; send the data in the body or a header")]
+    TrailersNotSupported,
     #[error("the request body did not arrive within {0:?}; send the body without pauses")]
     BodyReadTimeout(std::time::Duration),
     #[error("the proxy is handling {limit} requests already; retry shortly")]
@@ -68,6 +70,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BodyRead(_) => "body_read_failed",
             ProxyError::BodyReadTimeout(_) => "body_read_timeout",
+            ProxyError::TrailersNotSupported => "trailers_not_supported",
             ProxyError::Overloaded { .. } => "overloaded",
             ProxyError::BodyBudgetExhausted { .. } => "body_budget_exhausted",
             ProxyError::UpstreamUnavailable(_) => "upstream_unavailable",
@@ -85,6 +88,7 @@ impl ProxyError {
             ProxyError::Denied(Denial::InvalidTarget(_))
             | ProxyError::AbsoluteForm
             | ProxyError::Upgrade
+            | ProxyError::TrailersNotSupported
             | ProxyError::BodyRead(_) => StatusCode::BAD_REQUEST,
             // Well-formed, but outside what this proxy may sign.
             ProxyError::Denied(_) => StatusCode::FORBIDDEN,
@@ -114,7 +118,8 @@ impl ProxyError {
             ProxyError::Denied(Denial::InvalidTarget(_))
             | ProxyError::Connect
             | ProxyError::AbsoluteForm
-            | ProxyError::Upgrade => Outcome::InvalidRequest,
+            | ProxyError::Upgrade
+            | ProxyError::TrailersNotSupported => Outcome::InvalidRequest,
             ProxyError::BodyTooLarge { .. } => Outcome::BodyTooLarge,
             ProxyError::BodyRead(_) | ProxyError::BodyReadTimeout(_) => Outcome::ClientAborted,
             ProxyError::Overloaded { .. } | ProxyError::BodyBudgetExhausted { .. } => {

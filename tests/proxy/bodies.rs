@@ -190,3 +190,21 @@ async fn read_some(stream: &mut TcpStream) -> String {
         .unwrap();
     String::from_utf8_lossy(&buffer[..count]).into_owned()
 }
+
+#[tokio::test]
+async fn chunked_trailers_rejected() {
+    let harness = Harness::start().await;
+    let path = api("artifacts");
+    let body = r#"{"title":"t","text":"x"}"#;
+
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nhost: proxy\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\nconnection: close\r\n\r\n\
+         {:x}\r\n{body}\r\n0\r\nx-checksum: abc\r\n\r\n",
+        body.len()
+    );
+    let response = raw_exchange(harness.proxy_address, request.as_bytes()).await;
+
+    assert_eq!(raw_status(&response), 400, "{response}");
+    assert!(response.contains("trailers_not_supported"), "{response}");
+    assert_eq!(harness.upstream_requests(), 0);
+}
