@@ -2,16 +2,19 @@
 
 # Build stage. Rust 1.95 is the toolchain the project is tested with, and bookworm has the
 # same glibc (2.36) as the Debian 12 runtime image below, so the binary's symbol versions
-# resolve there. For byte-for-byte reproducible builds, pin the digest as well, as in
-# rust:1.95-slim-bookworm@sha256:<digest>.
+# resolve there. The tag is rebuilt for Rust patch releases and Debian updates, so pin its
+# digest as well (rust:1.95-slim-bookworm@sha256:<digest>) to build from a fixed image.
 FROM rust:1.95-slim-bookworm AS build
 
 WORKDIR /src
 
-# Only what the release build reads. .dockerignore also keeps target/ and any local secret
-# files out of the build context.
+# Only what the release build reads. Cargo.toml declares the benchmarks as [[bench]]
+# targets, and cargo rejects the manifest when their files are missing, so benches/ is
+# copied too although the release build does not compile it. .dockerignore keeps target/
+# and any local secret files out of the build context.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY benches ./benches
 
 # The cache mounts keep downloaded crates and compiled dependencies between builds. The
 # binary is copied out in the same step because the target cache is not part of the image.
