@@ -25,8 +25,9 @@ pub async fn run(args: DemoArgs) -> Exit {
 }
 
 async fn start(args: DemoArgs) -> Result<(), String> {
-    // The throwaway key lives in a private temporary directory for the demo's lifetime,
-    // because the proxy reads secrets from files, as in production.
+    // The throwaway key passes through a private temporary file, because the proxy reads
+    // secrets from files as in production. The file goes as soon as the key is loaded, so
+    // a demo that is killed leaves no secret behind.
     let key_dir = tempfile_dir()?;
     let secret_path = key_dir.path.join("secret");
     let secret_text = signing::new_nonce() + &signing::new_nonce();
@@ -57,6 +58,7 @@ async fn start(args: DemoArgs) -> Result<(), String> {
     let upstream_url = format!("http://{upstream_address}");
     let text = demo_config(&args, &upstream_url, &key_id, &secret_path, &scopes);
     let settings = config::load_toml(&text).map_err(|error| error.to_string())?;
+    drop(key_dir);
     let running = crate::app::start(&settings, None, crate::shutdown::wait_for_signal())
         .await
         .map_err(|error| error.to_string())?;
@@ -69,7 +71,6 @@ async fn start(args: DemoArgs) -> Result<(), String> {
         running.admin,
     );
     running.done.await.map_err(|error| error.to_string())?;
-    drop(key_dir);
     Ok(())
 }
 
@@ -81,11 +82,13 @@ fn demo_config(
     scopes: &[String],
 ) -> String {
     let scopes: Vec<String> = scopes.iter().map(|scope| format!("{scope:?}")).collect();
+    // The demo key never changes and its file is removed after loading, so the reload
+    // interval is a day: polling a missing file would only log errors.
     format!(
         "[listen]\naddress = \"{}\"\n\n\
          [admin]\naddress = \"127.0.0.1:0\"\n\n\
          [upstream]\nurl = \"{upstream_url}\"\n\n\
-         [key]\nid = \"{key_id}\"\nsecret_file = {:?}\n\n\
+         [key]\nid = \"{key_id}\"\nsecret_file = {:?}\nreload_interval_seconds = 86400\n\n\
          [policy]\nworkspace = {:?}\nscopes = [{}]\n",
         args.listen,
         secret_path.display().to_string(),
