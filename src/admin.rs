@@ -14,6 +14,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// Time an admin client has to send a request's headers.
+const ADMIN_HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The state that `/readyz` reports.
 #[derive(Default)]
 pub struct Health {
@@ -68,7 +71,13 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
                 let admin = admin.clone();
                 async move { Ok::<_, std::convert::Infallible>(admin.route(&request)) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // The admin port may face the cluster network, so a client that never finishes
+            // its headers is cut off as on the agent listener.
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_READ_TIMEOUT);
             if let Err(error) = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await

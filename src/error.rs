@@ -28,6 +28,12 @@ pub enum ProxyError {
     Connect,
     #[error("absolute-form request targets are not supported: this proxy is not a forward proxy; use it as your API base URL and send origin-form paths such as /agent-api/v1/...")]
     AbsoluteForm,
+    #[error("an HTTP/1.1 request needs exactly one Host header, and this one has {count}")]
+    InvalidHost { count: usize },
+    #[error(
+        "transfer coding '{0}' is not supported; send the body as is or with chunked framing only"
+    )]
+    TransferCoding(String),
     #[error("protocol upgrades (such as WebSocket) are not supported: the proxy signs one request and one response at a time")]
     Upgrade,
     #[error("the request body exceeds the limit of {limit} bytes; nothing was forwarded")]
@@ -67,6 +73,8 @@ impl ProxyError {
             ProxyError::Connect => "connect_not_supported",
             ProxyError::AbsoluteForm => "absolute_form_not_supported",
             ProxyError::Upgrade => "upgrade_not_supported",
+            ProxyError::InvalidHost { .. } => "invalid_host_header",
+            ProxyError::TransferCoding(_) => "transfer_coding_not_supported",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BodyRead(_) => "body_read_failed",
             ProxyError::BodyReadTimeout(_) => "body_read_timeout",
@@ -89,7 +97,10 @@ impl ProxyError {
             | ProxyError::AbsoluteForm
             | ProxyError::Upgrade
             | ProxyError::TrailersNotSupported
+            | ProxyError::InvalidHost { .. }
             | ProxyError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            // RFC 9112, section 6.1: an unknown transfer coding gets 501.
+            ProxyError::TransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
             // Well-formed, but outside what this proxy may sign.
             ProxyError::Denied(_) => StatusCode::FORBIDDEN,
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
@@ -119,7 +130,9 @@ impl ProxyError {
             | ProxyError::Connect
             | ProxyError::AbsoluteForm
             | ProxyError::Upgrade
-            | ProxyError::TrailersNotSupported => Outcome::InvalidRequest,
+            | ProxyError::TrailersNotSupported
+            | ProxyError::InvalidHost { .. }
+            | ProxyError::TransferCoding(_) => Outcome::InvalidRequest,
             ProxyError::BodyTooLarge { .. } => Outcome::BodyTooLarge,
             ProxyError::BodyRead(_) | ProxyError::BodyReadTimeout(_) => Outcome::ClientAborted,
             ProxyError::Overloaded { .. } | ProxyError::BodyBudgetExhausted { .. } => {
@@ -136,6 +149,7 @@ impl ProxyError {
 
     pub fn side(&self) -> Side {
         match self.status() {
+            _ if matches!(self, ProxyError::TransferCoding(_)) => Side::Agent,
             status if status.is_client_error() => Side::Agent,
             StatusCode::INTERNAL_SERVER_ERROR => Side::Proxy,
             _ => Side::Upstream,

@@ -15,7 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::{read_limited, BodyBudget, BufferedBody};
 use crate::config::{Settings, UpstreamSettings};
-use crate::error::ProxyError;
+use crate::error::{ProxyError, PROXY_ERROR_HEADER};
 use crate::exchange::Exchange;
 use crate::headers::{is_upgrade_request, remove_hop_by_hop, remove_signing_headers};
 use crate::policy::Policy;
@@ -142,6 +142,8 @@ impl Proxy {
         permit: OwnedSemaphorePermit,
     ) -> Response<ProxyBody> {
         remove_hop_by_hop(response.headers_mut());
+        // Only the proxy may mark a response as its own, or an agent could not trust it.
+        response.headers_mut().remove(PROXY_ERROR_HEADER);
         let remaining = self
             .upstream
             .request_timeout
@@ -386,5 +388,24 @@ fn reject_unsupported(request: &Request<Incoming>) -> Result<(), ProxyError> {
     if request.version() < Version::HTTP_2 && request.uri().authority().is_some() {
         return Err(ProxyError::AbsoluteForm);
     }
+    // HTTP/1.1 requires exactly one Host (RFC 9112, section 3.2); HTTP/1.0 may omit it.
+    let hosts = request.headers().get_all(header::HOST).iter().count();
+    if request.version() == Version::HTTP_11 && hosts != 1 {
+        return Err(ProxyError::InvalidHost { count: hosts });
+    }
+    // hyper decodes only `chunked`; forwarding a body in any other transfer coding would
+    // send the upstream bytes it cannot read, under a signature it would accept.
+    if let Some(coding) = unsupported_transfer_coding(request.headers()) {
+        return Err(ProxyError::TransferCoding(coding));
+    }
     Ok(())
+}
+
+fn unsupported_transfer_coding(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.to_str().unwrap_or("invalid").split(','))
+        .map(|coding| coding.trim().to_ascii_lowercase())
+        .find(|coding| coding != "chunked")
 }

@@ -57,19 +57,24 @@ impl Reloader {
         }
     }
 
-    /// Reloads the key and the policy on every SIGHUP.
-    pub async fn on_sighup(self: Arc<Self>) {
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(hangups) => hangups,
-            Err(error) => {
-                tracing::error!(error = %error, "cannot install the SIGHUP handler; reload by restarting");
-                return;
+    /// Installs the SIGHUP handler now and returns a task that reloads the key and the
+    /// policy on every SIGHUP. Installing it before the proxy reports itself started
+    /// means an early SIGHUP reloads instead of killing the process.
+    pub fn on_sighup(self: Arc<Self>) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let hangups = signal(SignalKind::hangup());
+        async move {
+            let mut hangups = match hangups {
+                Ok(hangups) => hangups,
+                Err(error) => {
+                    tracing::error!(error = %error, "cannot install the SIGHUP handler; reload by restarting");
+                    return;
+                }
+            };
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP received; reloading the key and the policy");
+                self.reload_key(true);
+                self.reload_policy();
             }
-        };
-        while hangups.recv().await.is_some() {
-            tracing::info!("SIGHUP received; reloading the key and the policy");
-            self.reload_key(true);
-            self.reload_policy();
         }
     }
 

@@ -753,3 +753,97 @@ fn several_problems_reported_together() {
         );
     }
 }
+
+#[test]
+fn env_override_keeps_string_values_verbatim() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret-env-verbatim\n").unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[upstream]\nurl = \"http://127.0.0.1:9\"\n[key]\nid = \"k\"\nsecret_file = {secret:?}\n\
+             [policy]\nworkspace = \"ws\"\nscopes = [\"env:read\"]\n"
+        ),
+    )
+    .unwrap();
+    let environment: std::collections::HashMap<String, String> = [
+        ("AGENT_ACCESS_PROXY__KEY__ID", "007"),
+        ("AGENT_ACCESS_PROXY__POLICY__WORKSPACE", "1e5"),
+        (
+            "AGENT_ACCESS_PROXY__POLICY__SCOPES",
+            "env:read, events:write",
+        ),
+        ("AGENT_ACCESS_PROXY__POLICY__MAX_BODY_BYTES", "2048"),
+        (
+            "AGENT_ACCESS_PROXY__UPSTREAM__RESPONSE_TIMEOUT_SECONDS",
+            "1.5",
+        ),
+        ("AGENT_ACCESS_PROXY__ADMIN__ENABLED", "false"),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+    .collect();
+
+    let file =
+        agent_access_proxy::config::load_file_with_env(Some(&path), Some(environment)).unwrap();
+    let settings = agent_access_proxy::config::validate(file).unwrap();
+
+    assert_eq!(settings.key.id, "007");
+    assert_eq!(settings.policy.workspace, "1e5");
+    assert_eq!(settings.policy.scopes.len(), 2);
+    assert_eq!(settings.max_body_bytes, 2048);
+    assert_eq!(
+        settings.upstream.response_timeout,
+        std::time::Duration::from_millis(1500)
+    );
+    assert_eq!(settings.admin, None);
+}
+
+#[test]
+fn extra_route_shadowing_built_in_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret-shadow\n").unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[upstream]\nurl = \"http://127.0.0.1:9\"\n[key]\nid = \"k\"\nsecret_file = {secret:?}\n\
+             [policy]\nworkspace = \"ws\"\nscopes = [\"env:read\"]\n\
+             [[policy.extra_routes]]\nmethod = \"POST\"\npath = \"/agent-api/v1/workspaces/{{ws}}/files/{{id}}/proposals\"\nscope = \"env:read\"\n"
+        ),
+    )
+    .unwrap();
+
+    let error = agent_access_proxy::config::load(Some(&path))
+        .unwrap_err()
+        .to_string();
+
+    assert!(error.contains("policy.extra_routes"), "{error}");
+    assert!(error.contains("files:propose"), "{error}");
+}
+
+#[test]
+fn body_budget_below_body_limit_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret-budget\n").unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[listen]\nmax_buffered_body_bytes = 1000\n[upstream]\nurl = \"http://127.0.0.1:9\"\n\
+             [key]\nid = \"k\"\nsecret_file = {secret:?}\n[policy]\nworkspace = \"ws\"\nscopes = [\"env:read\"]\nmax_body_bytes = 2000\n"
+        ),
+    )
+    .unwrap();
+
+    let error = agent_access_proxy::config::load(Some(&path))
+        .unwrap_err()
+        .to_string();
+
+    assert!(error.contains("listen.max_buffered_body_bytes"), "{error}");
+    assert!(error.contains("2000"), "{error}");
+}

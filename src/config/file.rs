@@ -152,7 +152,9 @@ pub struct KeyConfig {
 pub struct PolicyConfig {
     /// The one workspace id this proxy signs requests for.
     pub workspace: String,
-    /// Scopes this proxy may use. Routes needing any other scope are denied.
+    /// Scopes this proxy may use. Routes needing any other scope are denied. An environment
+    /// variable gives them comma-separated.
+    #[serde(deserialize_with = "scope_list")]
     pub scopes: Vec<String>,
     /// Maximum request body in bytes; larger requests get 413 and nothing is forwarded.
     #[serde(default = "default_max_body_bytes")]
@@ -199,6 +201,27 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// Reads a TOML array of scope names, or one comma-separated string as environment
+/// variables give it. Names are trimmed, so `env:read, events:write` works.
+fn scope_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        Many(Vec<String>),
+        One(String),
+    }
+
+    let names = match List::deserialize(deserializer)? {
+        List::Many(names) => names,
+        List::One(text) => text.split(',').map(str::to_owned).collect(),
+    };
+    Ok(names
+        .iter()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .collect())
 }
 
 fn default_true() -> bool {

@@ -183,9 +183,8 @@ pub fn load_file_with_env(
     let environment = config::Environment::with_prefix(ENV_PREFIX)
         .prefix_separator("__")
         .separator("__")
-        .list_separator(",")
-        .with_list_parse_key("policy.scopes")
-        .try_parsing(true)
+        // Values stay strings, typed by the key they set: a key id `007` must not become 7.
+        .try_parsing(false)
         .source(environment);
 
     let merged = builder
@@ -231,6 +230,15 @@ pub fn validate(file: FileConfig) -> Result<Settings, ConfigError> {
     let key_reload_interval = collect(&mut problems, reload_interval);
     let policy = collect(&mut problems, validate_policy(&file.policy, &mut warnings));
     let max_body_bytes = collect(&mut problems, validate_max_body(file.policy.max_body_bytes));
+    if file.listen.max_buffered_body_bytes < file.policy.max_body_bytes {
+        problems.extend(problem(
+            "listen.max_buffered_body_bytes",
+            format!(
+                "{} is below policy.max_body_bytes ({}), so a body within the limit could never be buffered; raise it or lower policy.max_body_bytes",
+                file.listen.max_buffered_body_bytes, file.policy.max_body_bytes
+            ),
+        ));
+    }
     if let Err(problem) = validate_log(&file.log) {
         problems.push(problem);
     }
@@ -559,9 +567,9 @@ fn validate_policy(
 
     let mut routes = RouteTable::built_in();
     for extra in &policy.extra_routes {
-        match parse_extra_route(extra) {
-            Ok(route) => routes.push(route),
-            Err(message) => problems.extend(problem("policy.extra_routes", message)),
+        let added = parse_extra_route(extra).and_then(|route| routes.push(route));
+        if let Err(message) = added {
+            problems.extend(problem("policy.extra_routes", message));
         }
     }
 

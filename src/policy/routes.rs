@@ -175,6 +175,11 @@ fn parse_method(method: &str) -> Result<Method, String> {
 }
 
 fn parse_template(template: &str) -> Result<Vec<Segment>, String> {
+    if template.contains(['?', '#']) {
+        return Err(format!(
+            "path template '{template}' contains '?' or '#'; routes match the path only, so remove the query"
+        ));
+    }
     // Placeholders are checked below; the braces alone would fail the path checks.
     let without_braces = template.replace(['{', '}'], "");
     super::target::check_path(&without_braces)
@@ -238,10 +243,21 @@ impl RouteTable {
         RouteTable { routes }
     }
 
-    /// Appends an extra route. Built-in routes come first, so an extra route cannot change
-    /// the scope that a built-in endpoint needs.
-    pub fn push(&mut self, route: Route) {
+    /// Appends an extra route. A route with the method and path shape of one already in
+    /// the table is rejected, because the first would always win and the second would
+    /// only mislead whoever reads the configuration.
+    pub fn push(&mut self, route: Route) -> Result<(), String> {
+        let shadowing = self.routes.iter().find(|existing| {
+            existing.method == route.method && existing.segments == route.segments
+        });
+        if let Some(existing) = shadowing {
+            return Err(format!(
+                "{} {} has the same method and path as the route {} {}, which already needs scope '{}'",
+                route.method, route.template, existing.method, existing.template, existing.scope
+            ));
+        }
         self.routes.push(route);
+        Ok(())
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -389,6 +405,7 @@ mod tests {
             ("GET", "/a/{ws}/b/{ws}", "exactly one '{ws}'"),
             ("GET", "/a/{ws}/x{id}", "malformed placeholder"),
             ("GET", "/a/{ws}/../b", "invalid"),
+            ("GET", "/a/{ws}/q?x=1", "remove the query"),
             ("get", "/a/{ws}", "upper case"),
             ("CONNECT", "/a/{ws}", "CONNECT"),
         ];

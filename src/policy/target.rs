@@ -47,7 +47,10 @@ fn check_segment(segment: &str) -> Result<(), TargetError> {
     if segment.is_empty() {
         return Err(TargetError::EmptySegment);
     }
-    if segment == "." || segment == ".." {
+    // Servlet-style servers drop `;parameters` before resolving dot segments, so `..;x`
+    // is a dot segment to them.
+    let before_parameters = segment.split(';').next().unwrap_or(segment);
+    if before_parameters == "." || before_parameters == ".." {
         return Err(TargetError::DotSegment);
     }
 
@@ -117,6 +120,10 @@ mod tests {
             ("/a/./b", Err(TargetError::DotSegment)),
             ("/a/../b", Err(TargetError::DotSegment)),
             ("/a/..", Err(TargetError::DotSegment)),
+            ("/a/..;/b", Err(TargetError::DotSegment)),
+            ("/a/..;jsessionid=1/b", Err(TargetError::DotSegment)),
+            ("/a/.;x", Err(TargetError::DotSegment)),
+            ("/a/b;v=1", Ok(2)),
             ("/a\\b", Err(TargetError::Backslash)),
             ("/a/%2e%2e/b", Err(TargetError::EncodedDelimiter('.'))),
             ("/a/%2E%2E/b", Err(TargetError::EncodedDelimiter('.'))),

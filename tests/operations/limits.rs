@@ -77,7 +77,7 @@ async fn body_budget_answers_503_and_forwards_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let limits = [
         ("listen", "max_buffered_body_bytes = 100000"),
-        ("policy", "max_body_bytes = 1000000"),
+        ("policy", "max_body_bytes = 100000"),
     ];
     let proxy = ProxyProcess::start(&write_config(dir.path(), &url, &limits));
     let path = api("artifacts");

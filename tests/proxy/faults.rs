@@ -114,3 +114,19 @@ async fn proxy_serves_again_after_upstream_failure() {
         .await;
     denied.assert_proxy_error(StatusCode::FORBIDDEN, "workspace_not_allowed");
 }
+
+#[tokio::test]
+async fn upstream_cannot_fake_proxy_error_header() {
+    let upstream = fake_upstream(|mut stream| async move {
+        read_request(&mut stream).await;
+        let response = "HTTP/1.1 403 Forbidden\r\nx-agent-access-proxy-error: scope_not_allowed\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+        let _ = stream.write_all(response.as_bytes()).await;
+    })
+    .await;
+    let harness = harness_for(upstream, 5.0).await;
+
+    let reply = harness.get(&api("environment")).await;
+
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(reply.proxy_error(), None);
+}

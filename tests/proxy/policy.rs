@@ -246,3 +246,32 @@ async fn raw_exchange_until_body(address: std::net::SocketAddr, request: &[u8]) 
     }
     String::from_utf8_lossy(&response).into_owned()
 }
+
+#[tokio::test]
+async fn host_and_transfer_coding_checked() {
+    let harness = Harness::start().await;
+    let path = api("environment");
+    let cases = [
+        (format!("GET {path} HTTP/1.1\r\nconnection: close\r\n\r\n"), 400, "invalid_host_header"),
+        (format!("GET {path} HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n"), 400, "invalid_host_header"),
+        (
+            format!("POST {} HTTP/1.1\r\nhost: a\r\ntransfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n", api("artifacts")),
+            501,
+            "transfer_coding_not_supported",
+        ),
+    ];
+
+    for (request, status, code) in cases {
+        let response = raw_exchange(harness.proxy_address, request.as_bytes()).await;
+        assert_eq!(raw_status(&response), status, "{request:?}: {response}");
+        assert!(response.contains(code), "{request:?}: {response}");
+    }
+    let http10 = format!("GET {path} HTTP/1.0\r\n\r\n");
+    let response = raw_exchange(harness.proxy_address, http10.as_bytes()).await;
+    assert_eq!(
+        raw_status(&response),
+        200,
+        "HTTP/1.0 may omit Host: {response}"
+    );
+    assert_eq!(harness.upstream_requests(), 1);
+}
