@@ -2,16 +2,20 @@
 
 use std::future::Future;
 use std::io;
+use std::os::unix::fs::FileTypeExt as _;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, UnixListener};
+use tokio::time::Sleep;
 
 use crate::config::ListenAddress;
 use crate::proxy::Proxy;
@@ -79,7 +83,14 @@ async fn bind_unix(path: &std::path::Path) -> Result<Listener, BindError> {
         path: path.display().to_string(),
         source,
     };
-    if path.exists() {
+    if let Ok(metadata) = std::fs::symlink_metadata(path) {
+        // Only a socket is ever replaced: any other file at the path is someone's data.
+        if !metadata.file_type().is_socket() {
+            return Err(unix_error(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket",
+            )));
+        }
         if tokio::net::UnixStream::connect(path).await.is_ok() {
             return Err(unix_error(io::Error::from(io::ErrorKind::AddrInUse)));
         }
@@ -129,7 +140,10 @@ pub async fn serve(
             accepted = accept(&listener) => accepted,
         };
         match accepted {
-            Ok(stream) => serve_connection(stream, &builder, &graceful, proxy.clone()),
+            Ok(stream) => {
+                let stream = FirstByteDeadline::new(stream, options.header_read_timeout);
+                serve_connection(Box::new(stream), &builder, &graceful, proxy.clone());
+            }
             Err(error) => {
                 tracing::warn!(error = %error, "accepting an agent connection failed");
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
@@ -172,6 +186,82 @@ async fn accept(listener: &Listener) -> io::Result<BoxedStream> {
             let (stream, _) = listener.accept().await?;
             Ok(Box::new(stream))
         }
+    }
+}
+
+/// Fails a connection's reads with `TimedOut` when its first byte does not arrive within
+/// the header read timeout. hyper's own header timeout starts only after the first bytes
+/// have shown whether the connection speaks HTTP/1 or HTTP/2. Without this, a client that
+/// connects and sends nothing would keep its connection, and a file descriptor, open for
+/// as long as it likes.
+///
+/// NOTE: a client that sends the start of the HTTP/2 preface and then stops is still held
+/// until it leaves, and so is an idle HTTP/2 connection.
+struct FirstByteDeadline<S> {
+    inner: S,
+    /// `None` once the first read completed.
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> FirstByteDeadline<S> {
+    fn new(inner: S, timeout: Duration) -> Self {
+        FirstByteDeadline {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstByteDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_read(context, buffer);
+        if result.is_ready() {
+            // Bytes, the end of the stream or an error: the connection is no longer silent.
+            this.deadline = None;
+        } else if let Some(deadline) = &mut this.deadline {
+            if deadline.as_mut().poll(context).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no request byte arrived within the header read timeout",
+                )));
+            }
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstByteDeadline<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(context, buffer)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffers: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(context, buffers)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(context)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(context)
     }
 }
 

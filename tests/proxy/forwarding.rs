@@ -272,3 +272,19 @@ async fn unix_socket_listener_serves_agents() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(harness.last_upstream_request().rejection, None);
 }
+
+#[tokio::test]
+async fn unix_socket_path_never_replaces_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    std::fs::write(&path, "precious data").unwrap();
+    let address = agent_access_proxy::config::ListenAddress::Unix(path.clone());
+
+    let error = agent_access_proxy::server::Listener::bind(&address)
+        .await
+        .err()
+        .expect("binding fails");
+
+    assert!(error.to_string().contains("not a socket"), "{error}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious data");
+}
