@@ -48,8 +48,11 @@ fn check_segment(segment: &str) -> Result<(), TargetError> {
         return Err(TargetError::EmptySegment);
     }
     // Servlet-style servers drop `;parameters` before resolving dot segments, so `..;x`
-    // is a dot segment to them.
-    let before_parameters = segment.split(';').next().unwrap_or(segment);
+    // is a dot segment to them and `;x` an empty one.
+    let before_parameters = &segment[..parameters_start(segment)];
+    if before_parameters.is_empty() {
+        return Err(TargetError::EmptySegment);
+    }
     if before_parameters == "." || before_parameters == ".." {
         return Err(TargetError::DotSegment);
     }
@@ -68,6 +71,19 @@ fn check_segment(segment: &str) -> Result<(), TargetError> {
         }
     }
     Ok(())
+}
+
+/// Returns where the segment's path parameters start: at the first `;`, or at the first
+/// `%3B` in either case, which a server behind another that decodes once reads as `;`.
+fn parameters_start(segment: &str) -> usize {
+    let raw = segment.find(';');
+    let encoded = segment.as_bytes().windows(3).position(|window| {
+        window[0] == b'%' && window[1] == b'3' && window[2].eq_ignore_ascii_case(&b'b')
+    });
+    raw.into_iter()
+        .chain(encoded)
+        .min()
+        .unwrap_or(segment.len())
 }
 
 /// Rejects escapes that some server, framework or file system would turn into a
@@ -124,6 +140,11 @@ mod tests {
             ("/a/..;jsessionid=1/b", Err(TargetError::DotSegment)),
             ("/a/.;x", Err(TargetError::DotSegment)),
             ("/a/b;v=1", Ok(2)),
+            ("/a/..%3b/b", Err(TargetError::DotSegment)),
+            ("/a/.%3Bx", Err(TargetError::DotSegment)),
+            ("/a/b%3bv=1", Ok(2)),
+            ("/a/;v=1/b", Err(TargetError::EmptySegment)),
+            ("/a/%3B", Err(TargetError::EmptySegment)),
             ("/a\\b", Err(TargetError::Backslash)),
             ("/a/%2e%2e/b", Err(TargetError::EncodedDelimiter('.'))),
             ("/a/%2E%2E/b", Err(TargetError::EncodedDelimiter('.'))),
