@@ -130,7 +130,7 @@ pub async fn read_limited(
 
     Ok(BufferedBody {
         bytes: buffer.freeze(),
-        sha256: hex::encode(hasher.finalize()),
+        sha256: crate::signing::lowercase_hex(&hasher.finalize()),
         reservation,
     })
 }
