@@ -71,20 +71,17 @@ impl Reservation {
             Some(held) => held.merge(permit),
             None => self.permit = Some(permit),
         }
-        self.update_gauge();
+        // Adjusted by the change rather than set from the semaphore's state, so that
+        // concurrent requests cannot leave a stale value behind.
+        metrics::buffered_body_bytes().increment(bytes as f64);
         Ok(())
-    }
-
-    fn update_gauge(&self) {
-        let in_use = self.total.saturating_sub(self.budget.available_permits());
-        metrics::buffered_body_bytes().set(in_use as f64);
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if self.permit.take().is_some() {
-            self.update_gauge();
+        if let Some(permit) = self.permit.take() {
+            metrics::buffered_body_bytes().decrement(permit.num_permits() as f64);
         }
     }
 }
