@@ -10,7 +10,6 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::app;
 use crate::config::{self, SecretSource, Settings};
-use crate::policy::Scope;
 use crate::secret::SigningKey;
 use crate::signing::{self, SignatureEncoding, SignatureInput};
 
@@ -261,7 +260,6 @@ fn log_start(settings: &Settings, running: &app::Running) {
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
     }
-    let scopes: Vec<&str> = settings.policy.scopes.iter().map(Scope::as_str).collect();
     let upstream = &settings.upstream;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -269,7 +267,7 @@ fn log_start(settings: &Settings, running: &app::Running) {
         admin = %running.admin.map_or("disabled".to_owned(), |address| address.to_string()),
         upstream = %format!("{}://{}{}", upstream.scheme, upstream.authority, upstream.path_prefix),
         workspace = %settings.policy.workspace,
-        scopes = %scopes.join(","),
+        scopes = %settings.policy.scope_list(),
         key_id = %settings.key.id,
         secret = %settings.key.secret,
         max_body_bytes = settings.max_body_bytes,

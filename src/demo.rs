@@ -106,17 +106,11 @@ fn print_banner(
 ) {
     let base = format!("http://{}", args.listen);
     let workspace = &args.workspace;
-    let scopes: Vec<&str> = settings
-        .policy
-        .scopes
-        .iter()
-        .map(|scope| scope.as_str())
-        .collect();
     println!("agent-access-proxy demo");
     println!(
         "  stand-in of the API: http://{upstream} (workspace {workspace}, throwaway key {key_id})"
     );
-    println!("  allowed scopes:      {}", scopes.join(", "));
+    println!("  allowed scopes:      {}", settings.policy.scope_list());
     println!();
     println!("Agent base URL: {base}");
     println!();
@@ -124,7 +118,12 @@ fn print_banner(
     println!("  curl -s {base}/agent-api/v1/workspaces/{workspace}/environment");
     println!("Write an artifact:");
     println!("  curl -s -X POST -H 'content-type: application/json' -d '{{\"title\":\"Hello\",\"text\":\"# Hello\"}}' {base}/agent-api/v1/workspaces/{workspace}/artifacts");
-    if !scopes.contains(&"files:propose") {
+    let proposals_allowed = settings
+        .policy
+        .scopes
+        .iter()
+        .any(|scope| scope.as_str() == "files:propose");
+    if !proposals_allowed {
         println!("Denied, because files:propose is not in the allowlist:");
         println!("  curl -s -X POST -d '{{\"content\":\"new\"}}' {base}/agent-api/v1/workspaces/{workspace}/files/fn_memory/proposals");
     }

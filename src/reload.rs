@@ -110,14 +110,8 @@ impl Reloader {
         };
         match config::load(Some(path)) {
             Ok(settings) => {
-                let scopes: Vec<&str> = settings
-                    .policy
-                    .scopes
-                    .iter()
-                    .map(|scope| scope.as_str())
-                    .collect();
                 tracing::info!(
-                    scopes = %scopes.join(","),
+                    scopes = %settings.policy.scope_list(),
                     routes = settings.policy.routes.routes().len(),
                     max_body_bytes = settings.max_body_bytes,
                     "policy reloaded; listener, admin, upstream and key source changes need a restart"

@@ -64,6 +64,12 @@ impl Denial {
 }
 
 impl Policy {
+    /// Returns the allowlist as one comma-separated line, for logs and banners.
+    pub fn scope_list(&self) -> String {
+        let names: Vec<&str> = self.scopes.iter().map(Scope::as_str).collect();
+        names.join(",")
+    }
+
     /// Decides whether `method path?query` may be signed and forwarded.
     ///
     /// `path` and `query` are the raw target as received; nothing is decoded, so what was
