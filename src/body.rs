@@ -27,7 +27,7 @@ pub struct BodyBudget {
     total: usize,
 }
 
-/// Bytes of the budget held by one request; returned on drop.
+/// Bytes of the budget reserved by one request, returned on drop.
 pub struct Reservation {
     permit: Option<OwnedSemaphorePermit>,
     budget: Arc<Semaphore>,
@@ -53,14 +53,21 @@ impl BodyBudget {
 }
 
 impl Reservation {
-    /// Takes `bytes` more from the budget, without waiting: over budget, the request fails
-    /// at once instead of queueing behind uploads that may take minutes.
-    fn grow(&mut self, bytes: usize) -> Result<(), ProxyError> {
-        if bytes == 0 {
+    fn reserved(&self) -> usize {
+        self.permit
+            .as_ref()
+            .map_or(0, |permit| permit.num_permits())
+    }
+
+    /// Grows the reservation to `bytes` in all, without waiting: over budget, the request
+    /// fails at once instead of queueing behind uploads that may take minutes.
+    fn reserve_up_to(&mut self, bytes: usize) -> Result<(), ProxyError> {
+        let missing = bytes.saturating_sub(self.reserved());
+        if missing == 0 {
             return Ok(());
         }
         let exhausted = || ProxyError::BodyBudgetExhausted { budget: self.total };
-        let count = u32::try_from(bytes).map_err(|_| exhausted())?;
+        let count = u32::try_from(missing).map_err(|_| exhausted())?;
         let permit = self
             .budget
             .clone()
@@ -73,7 +80,7 @@ impl Reservation {
         }
         // Adjusted by the change rather than set from the semaphore's state, so that
         // concurrent requests cannot leave a stale value behind.
-        metrics::buffered_body_bytes().increment(bytes as f64);
+        metrics::buffered_body_bytes().increment(missing as f64);
         Ok(())
     }
 }
@@ -103,7 +110,7 @@ pub async fn read_limited(
 
     let capacity = declared.map_or(0, |length| length as usize);
     let mut reservation = budget.reserve();
-    reservation.grow(capacity)?;
+    reservation.reserve_up_to(capacity)?;
     let mut buffer = BytesMut::with_capacity(capacity);
     let mut hasher = Sha256::new();
     let mut body = body;
@@ -120,7 +127,7 @@ pub async fn read_limited(
         if length > limit {
             return Err(ProxyError::BodyTooLarge { limit });
         }
-        reservation.grow(length.saturating_sub(capacity.max(buffer.len())))?;
+        reservation.reserve_up_to(length)?;
         hasher.update(&data);
         buffer.extend_from_slice(&data);
     }

@@ -148,11 +148,16 @@ impl ProxyError {
     }
 
     pub fn side(&self) -> Side {
-        match self.status() {
-            _ if matches!(self, ProxyError::TransferCoding(_)) => Side::Agent,
-            status if status.is_client_error() => Side::Agent,
-            StatusCode::INTERNAL_SERVER_ERROR => Side::Proxy,
-            _ => Side::Upstream,
+        match self {
+            ProxyError::UpstreamUnavailable(_)
+            | ProxyError::UpstreamTls(_)
+            | ProxyError::UpstreamConnectionLost(_)
+            | ProxyError::UpstreamInvalidResponse(_)
+            | ProxyError::UpstreamTimeout(_) => Side::Upstream,
+            ProxyError::Overloaded { .. }
+            | ProxyError::BodyBudgetExhausted { .. }
+            | ProxyError::Internal(_) => Side::Proxy,
+            _ => Side::Agent,
         }
     }
 
