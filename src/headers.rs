@@ -60,7 +60,7 @@ pub fn remove_signing_headers(headers: &mut HeaderMap) -> usize {
         .sum()
 }
 
-/// Tells whether a request asks to switch protocols.
+/// Tells whether a request requests a protocol switch (`Upgrade`).
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         || headers

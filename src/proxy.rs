@@ -400,8 +400,8 @@ fn reject_unsupported(request: &Request<Incoming>) -> Result<(), ProxyError> {
     if request.version() == Version::HTTP_11 && hosts != 1 {
         return Err(ProxyError::InvalidHost { count: hosts });
     }
-    // hyper decodes only `chunked`; forwarding a body in any other transfer coding would
-    // send the upstream bytes it cannot read, under a signature it would accept.
+    // hyper decodes only `chunked`. A body in any other transfer coding would reach the
+    // upstream as bytes it cannot read, under a signature it would accept.
     if let Some(coding) = unsupported_transfer_coding(request.headers()) {
         return Err(ProxyError::TransferCoding(coding));
     }

@@ -1,9 +1,9 @@
 //! Agent Access v1 request signing.
 //!
 //! Each request carries four headers. The signature is HMAC-SHA256, keyed with the secret,
-//! over five fields joined by `\n` with no trailing newline: the upper-case method, the path
-//! and query exactly as the upstream receives them, the Unix timestamp in seconds, the nonce,
-//! and the lowercase hex SHA-256 of the body bytes as sent.
+//! over five fields joined by `\n` with no trailing newline. The fields are the upper-case
+//! method, the path and query exactly as the upstream receives them, the Unix timestamp in
+//! seconds, the nonce, and the lowercase hex SHA-256 of the body bytes as sent.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -26,7 +26,7 @@ pub const SIGNING_HEADER_PREFIX: &str = "x-integration-";
 pub const EMPTY_BODY_SHA256: &str =
     "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
-/// How the signature bytes are written into the header.
+/// The text encoding of the signature bytes in the header.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SignatureEncoding {

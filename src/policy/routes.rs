@@ -245,7 +245,7 @@ impl RouteTable {
 
     /// Appends an extra route. A route with the method and path shape of one already in
     /// the table is rejected, because the first would always win and the second would
-    /// only mislead whoever reads the configuration.
+    /// only mislead a reader of the configuration.
     pub fn push(&mut self, route: Route) -> Result<(), String> {
         let shadowing = self.routes.iter().find(|existing| {
             existing.method == route.method && existing.segments == route.segments

@@ -3,7 +3,7 @@
 //! The proxy never decodes or normalises the target: it rejects anything that a server
 //! could read differently from the proxy, then signs and forwards the same bytes it checked.
 
-/// Why a request target is rejected. Each variant names the offending part.
+/// The reason a request target is rejected. Each variant names the offending part.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
     #[error("the path must start with '/'")]

@@ -1,10 +1,10 @@
 //! A verifying stand-in of the Agent Access API, for tests, the demo and offline agent
 //! development.
 //!
-//! It serves the seven endpoints on a listener it is given, verifies every request as a
-//! strict server would (the four headers, a known key, a timestamp within ±300 s, an unused
-//! nonce, the body hash and the HMAC), responds 401 with a JSON reason on failure, and keeps
-//! what agents write in memory. `GET /_stand-in/state` returns what was written, unsigned,
+//! It serves the seven endpoints on a listener it is given and verifies every request as a
+//! strict server would: the four headers, a known key, a timestamp within ±300 s, an unused
+//! nonce, the body hash and the HMAC. A failure gets 401 with a JSON reason. What agents
+//! write is kept in memory. `GET /_stand-in/state` returns what was written, unsigned,
 //! so scripts can check an agent's run.
 
 mod store;

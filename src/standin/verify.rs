@@ -16,7 +16,7 @@ use crate::signing::{
 /// Accepted distance between the request's timestamp and the server's clock, in seconds.
 pub const TIMESTAMP_WINDOW_SECONDS: u64 = 300;
 
-/// Why a request failed verification; the stand-in answers 401 with the code and message.
+/// The reason a request failed verification. The stand-in responds 401 with its code and message.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     #[error("the {0} header is missing")]
